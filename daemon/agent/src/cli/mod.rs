@@ -1,0 +1,41 @@
+//! Subcommands of the `flowgate` binary and what they share: reading manifest paths, exit codes,
+//! printing diagnostics.
+
+pub mod explain;
+pub mod lint;
+pub mod manifests;
+pub mod verdicts;
+
+use std::process::ExitCode;
+
+/// Process exit codes (sysexits where one fits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exit {
+    Ok,
+    /// A probe failed or missed its expectation; lint findings at or above --fail-on.
+    Failed,
+    /// EX_USAGE-like: a path could not be read, a probe file could not be parsed.
+    Unreadable,
+    /// EX_DATAERR: some manifests were rejected (reported; the rest was evaluated).
+    InvalidManifests,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(match exit {
+            Exit::Ok => 0,
+            Exit::Failed => 1,
+            Exit::Unreadable => 64,
+            Exit::InvalidManifests => 65,
+        })
+    }
+}
+
+/// Output formats of the offline commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Human-readable text.
+    Table,
+    /// Machine-readable JSON.
+    Json,
+}
