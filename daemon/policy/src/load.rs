@@ -37,7 +37,7 @@ impl Manifests {
             if doc.trim().is_empty() || is_comment_only(doc) {
                 continue;
             }
-            match serde_saphyr::from_str::<Value>(doc) {
+            match serde_saphyr::from_str_with_options::<Value>(doc, yaml_options()) {
                 Ok(Value::Null) => {}
                 Ok(value) => self.add_value(&location, value),
                 Err(error) => self.errors.push(ManifestError {
@@ -154,6 +154,12 @@ impl Manifests {
                 .retain(|p| !(p.namespace == ns && p.name == object.name)),
         }
     }
+}
+
+/// YAML 1.2 core booleans only: `namespace: y` or a label value `on` stays a string, as kubectl
+/// (which converts such values back to strings for string fields) reads it.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
 }
 
 fn object_ref(kind: &str, map: &serde_json::Map<String, Value>) -> ObjectRef {
