@@ -2,6 +2,13 @@
 //! a, b, c; ports 80, 81; TCP, UDP, SCTP) with the upstream scenarios and their truth tables,
 //! written as data under tests/conformance/. Every (from, to) pair of every case must match.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,9 @@
 //! Helpers shared by the policy crate's integration tests: build a cluster from YAML text.
 
-#![allow(dead_code, reason = "each test binary uses a different subset of these helpers")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these helpers"
+)]
 
 use flowgate_policy::evaluate::{Decision, Flow, evaluate};
 use flowgate_policy::model::Protocol;
@@ -10,7 +13,11 @@ use flowgate_policy::{Cluster, Manifests};
 pub fn cluster(yaml: &str) -> Cluster {
     let mut m = Manifests::new();
     m.add_text("test.yaml", yaml);
-    assert!(m.errors.is_empty(), "test manifests must be valid, got: {:#?}", m.errors);
+    assert!(
+        m.errors.is_empty(),
+        "test manifests must be valid, got: {:#?}",
+        m.errors
+    );
     Cluster::from_manifests(&mut m)
 }
 
@@ -21,7 +28,13 @@ pub fn decide(cluster: &Cluster, from: &str, to: &str, protocol: Protocol, port:
 }
 
 /// A flow between two endpoints, each `ns/name` or an IP.
-pub fn flow(cluster: &Cluster, from: &str, to: &str, protocol: Protocol, port: Option<u16>) -> Flow {
+pub fn flow(
+    cluster: &Cluster,
+    from: &str,
+    to: &str,
+    protocol: Protocol,
+    port: Option<u16>,
+) -> Flow {
     let probe = flowgate_policy::probe::Probe {
         from: from.into(),
         to: to.into(),
