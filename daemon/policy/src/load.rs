@@ -30,6 +30,7 @@ impl Manifests {
     /// YAML document it is in; a rejected object loses only that object.
     pub fn add_text(&mut self, source: &str, text: &str) {
         for (line, doc) in split_documents(text) {
+            let line = line + leading_comment_lines(doc);
             let location = Location {
                 source: source.to_owned(),
                 line: Some(line),
@@ -206,6 +207,17 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     }
     docs.push((start_line, &text[start..]));
     docs
+}
+
+/// Blank and comment lines before a document's first content line, so diagnostics point at the
+/// object rather than the comment above it.
+fn leading_comment_lines(doc: &str) -> usize {
+    doc.lines()
+        .take_while(|l| {
+            let t = l.trim();
+            t.is_empty() || t.starts_with('#')
+        })
+        .count()
 }
 
 fn is_comment_only(doc: &str) -> bool {

@@ -1,11 +1,10 @@
 //! `flowgate explain`: one flow, explained: which policies select each end, whether each end is
 //! isolated, which rule matched (or that none did), and the final verdict.
 
-use anyhow::bail;
 use flowgate_policy::probe::{self, PortRef, Probe};
 
 use super::manifests::{self, ManifestArgs};
-use super::{Exit, Output};
+use super::{Exit, Output, emit, emit_json};
 
 /// Explain how the policies decide one flow.
 ///
@@ -66,23 +65,22 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
     match args.output {
         Output::Json => {
             let result = probe::run(&loaded.cluster, &probe);
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            emit_json(&result)?;
             Ok(if result.failed() {
                 Exit::Failed
             } else {
                 manifest_exit
             })
         }
-        Output::Table => {
-            let flow = match probe::resolve(&loaded.cluster, &probe) {
-                Ok(flow) => flow,
-                Err(error) => bail!("{error}"),
-            };
-            print!(
-                "{}",
-                flowgate_policy::explain::explain(&loaded.cluster, &flow)
-            );
-            Ok(manifest_exit)
-        }
+        Output::Table => match probe::resolve(&loaded.cluster, &probe) {
+            Ok(flow) => {
+                emit(&flowgate_policy::explain::explain(&loaded.cluster, &flow))?;
+                Ok(manifest_exit)
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                Ok(Exit::Failed)
+            }
+        },
     }
 }

@@ -5,7 +5,7 @@ use flowgate_policy::ObjectRef;
 use flowgate_policy::lint::{self, Finding, Severity};
 
 use super::manifests::{self, ManifestArgs};
-use super::{Exit, Output};
+use super::{Exit, Output, emit, emit_json};
 
 /// Find the pitfalls in a set of NetworkPolicies.
 ///
@@ -87,11 +87,10 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         }
     }
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+        Output::Json => emit_json(&findings)?,
         Output::Table => {
-            for f in &findings {
-                println!("{f}");
-            }
+            let text: String = findings.iter().map(|f| format!("{f}\n")).collect();
+            emit(&text)?;
             let count = |s| findings.iter().filter(|f| f.severity == s).count();
             eprintln!(
                 "{} error(s), {} warning(s), {} info in {} policies",

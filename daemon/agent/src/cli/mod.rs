@@ -6,6 +6,7 @@ pub mod lint;
 pub mod manifests;
 pub mod verdicts;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// Process exit codes (sysexits where one fits).
@@ -38,4 +39,22 @@ pub enum Output {
     Table,
     /// Machine-readable JSON.
     Json,
+}
+
+/// Writes command output to stdout. A reader that went away (`flowgate ... | head`) is not an
+/// error: the output is simply no longer wanted.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `emit` for a value as pretty JSON, with a trailing newline.
+pub fn emit_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    emit(&format!("{}\n", serde_json::to_string_pretty(value)?))
 }

@@ -11,7 +11,7 @@ use flowgate_policy::model::Protocol;
 use flowgate_policy::probe::{self, ProbeResult};
 
 use super::manifests::{self, ManifestArgs};
-use super::{Exit, Output};
+use super::{Exit, Output, emit, emit_json};
 
 /// Evaluate probes (from -> to, port, protocol) against manifests, with attribution.
 ///
@@ -29,7 +29,7 @@ pub struct Args {
     #[command(flatten)]
     pub manifests: ManifestArgs,
 
-    /// Probe file (JSON array), or `-` for stdin. Required unless --matrix.
+    /// Probe file (JSON array), or `-` for stdin. Required unless --matrix (which ignores it).
     #[arg(
         long,
         short = 'p',
@@ -92,8 +92,8 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         };
         let m = matrix(&loaded.cluster, &args.protocols, &ports);
         match args.output {
-            Output::Table => print!("{}", m.to_table()),
-            Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+            Output::Table => emit(&m.to_table())?,
+            Output::Json => emit_json(&m)?,
         }
         return Ok(manifest_exit);
     }
@@ -109,8 +109,8 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         .map(|p| probe::run(&loaded.cluster, p))
         .collect();
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&results)?),
-        Output::Table => print!("{}", table(&results)),
+        Output::Json => emit_json(&results)?,
+        Output::Table => emit(&table(&results))?,
     }
     let failed = results.iter().filter(|r| r.failed()).count();
     if failed > 0 {
