@@ -7,7 +7,7 @@ use flowgate_policy::lint::{self, Finding, Severity};
 use super::manifests::{self, ManifestArgs};
 use super::{Exit, Output, emit, emit_json};
 
-/// Find the pitfalls in a set of NetworkPolicies.
+/// Find the pitfalls in a set of NetworkPolicies
 ///
 /// Checks (code: what it finds):
 ///   invalid-manifest          an object the API server would reject (error)

@@ -13,7 +13,7 @@ use flowgate_policy::probe::{self, ProbeResult};
 use super::manifests::{self, ManifestArgs};
 use super::{Exit, Output, emit, emit_json};
 
-/// Evaluate probes (from -> to, port, protocol) against manifests, with attribution.
+/// Evaluate probes (from -> to, port, protocol) against manifests, with attribution
 ///
 /// Each result says allow or deny, and for each direction (the source's egress, the destination's
 /// ingress) WHY: `allowed_by` names the policy, rule, peer and port indexes that allowed it;
