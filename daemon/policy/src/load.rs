@@ -29,8 +29,8 @@ impl Manifests {
     /// Reads one file's text. `source` names it in diagnostics. A syntax error loses only the
     /// YAML document it is in; a rejected object loses only that object.
     pub fn add_text(&mut self, source: &str, text: &str) {
-        for (line, doc) in split_documents(text) {
-            let line = line + leading_comment_lines(doc);
+        for (chunk_line, doc) in split_documents(text) {
+            let line = chunk_line + leading_comment_lines(doc);
             let location = Location {
                 source: source.to_owned(),
                 line: Some(line),
@@ -41,12 +41,15 @@ impl Manifests {
             match serde_saphyr::from_str_with_options::<Value>(doc, yaml_options()) {
                 Ok(Value::Null) => {}
                 Ok(value) => self.add_value(&location, value),
-                Err(error) => self.errors.push(ManifestError {
-                    location,
-                    object: None,
-                    field: None,
-                    message: format!("not valid YAML: {}", first_line(&error.to_string())),
-                }),
+                Err(error) => {
+                    let (location, message) = yaml_error(source, chunk_line, &error);
+                    self.errors.push(ManifestError {
+                        location,
+                        object: None,
+                        field: None,
+                        message,
+                    });
+                }
             }
         }
     }
@@ -71,7 +74,11 @@ impl Manifests {
             .unwrap_or_default();
         let object = object_ref(&kind, map);
         match (api_version, kind.as_str()) {
-            (_, list) if list.ends_with("List") => {
+            // `kind: List` and typed lists (`NetworkPolicyList`), as kubectl's IsListType: a
+            // *List kind with an `items` array.
+            (_, list)
+                if list.ends_with("List") && map.get("items").is_some_and(Value::is_array) =>
+            {
                 let items = map
                     .get("items")
                     .and_then(Value::as_array)
@@ -97,6 +104,12 @@ impl Manifests {
                 location: location.clone(),
                 object: None,
                 field: Some("kind".into()),
+                message: "missing: every object needs apiVersion and kind".into(),
+            }),
+            ("", _) => self.errors.push(ManifestError {
+                location: location.clone(),
+                object: Some(object),
+                field: Some("apiVersion".into()),
                 message: "missing: every object needs apiVersion and kind".into(),
             }),
             (version, kind) => self.notices.push(Notice {
@@ -174,7 +187,8 @@ fn object_ref(kind: &str, map: &serde_json::Map<String, Value>) -> ObjectRef {
     } else {
         let ns = meta
             .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str);
+            .and_then(Value::as_str)
+            .filter(|ns| !ns.is_empty());
         Some(ns.unwrap_or(validate::DEFAULT_NAMESPACE).to_owned())
     };
     ObjectRef {
@@ -227,6 +241,27 @@ fn is_comment_only(doc: &str) -> bool {
     })
 }
 
-fn first_line(message: &str) -> &str {
-    message.lines().next().unwrap_or(message)
+/// A YAML syntax error located in the file (the parser counts lines from the document start).
+fn yaml_error(source: &str, chunk_line: usize, error: &serde_saphyr::Error) -> (Location, String) {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or(&text);
+    let Some(at) = error.location() else {
+        let location = Location {
+            source: source.to_owned(),
+            line: Some(chunk_line),
+        };
+        return (location, format!("not valid YAML: {first}"));
+    };
+    let line = chunk_line + usize::try_from(at.line()).unwrap_or(1).saturating_sub(1);
+    // Drop the parser's own "error: line N column M: " prefix; the location says it better.
+    let marker = format!("line {} column {}: ", at.line(), at.column());
+    let detail = first.split_once(&marker).map_or(first, |(_, rest)| rest);
+    let location = Location {
+        source: source.to_owned(),
+        line: Some(line),
+    };
+    (
+        location,
+        format!("not valid YAML (column {}): {detail}", at.column()),
+    )
 }

@@ -47,17 +47,43 @@ fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
     })
 }
 
-fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<String> {
-    match meta.name.as_deref() {
-        Some(name) if !name.is_empty() => Ok(name.to_owned()),
-        _ => Err(FieldError::at("metadata.name", "required")),
+type ObjectMeta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+const DNS_LABEL: &str =
+    "a DNS label (at most 63 lowercase alphanumerics or '-', starting and ending alphanumeric)";
+const DNS_SUBDOMAIN: &str = "a DNS subdomain (at most 253 lowercase alphanumerics, '-' or '.', \
+     starting and ending alphanumeric)";
+
+/// `metadata.name`: required; a DNS subdomain (Pods, NetworkPolicies) or label (Namespaces).
+fn name_of(meta: &ObjectMeta, dns_label: bool) -> Result<String> {
+    let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) else {
+        return Err(FieldError::at("metadata.name", "required"));
+    };
+    let (ok, what) = if dns_label {
+        (is_dns_label(name), DNS_LABEL)
+    } else {
+        (is_dns_subdomain(name), DNS_SUBDOMAIN)
+    };
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(FieldError::at(
+            "metadata.name",
+            format!("invalid name {name:?}: must be {what}"),
+        ))
     }
 }
 
-fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.namespace
-        .clone()
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+/// `metadata.namespace`: absent or empty means `default`; otherwise a DNS label.
+fn namespace_of(meta: &ObjectMeta) -> Result<String> {
+    match meta.namespace.as_deref() {
+        None | Some("") => Ok(DEFAULT_NAMESPACE.to_owned()),
+        Some(ns) if is_dns_label(ns) => Ok(ns.to_owned()),
+        Some(ns) => Err(FieldError::at(
+            "metadata.namespace",
+            format!("invalid namespace {ns:?}: must be {DNS_LABEL}"),
+        )),
+    }
 }
 
 fn labels_of(
@@ -74,20 +100,31 @@ fn labels_of(
 
 pub fn namespace(value: Value) -> Result<Namespace> {
     let ns: core::Namespace = decode(value)?;
-    let name = name_of(&ns.metadata)?;
+    let name = name_of(&ns.metadata, true)?;
     let labels = labels_of(ns.metadata.labels.as_ref(), "metadata.labels")?;
     Ok(Namespace::new(&name, labels, false))
 }
 
 pub fn pod(value: Value) -> Result<Pod> {
     let pod: core::Pod = decode(value)?;
-    let name = name_of(&pod.metadata)?;
+    let name = name_of(&pod.metadata, false)?;
+    let namespace = namespace_of(&pod.metadata)?;
     let labels = labels_of(pod.metadata.labels.as_ref(), "metadata.labels")?;
     let spec = pod.spec.unwrap_or_default();
     let mut ports = Vec::new();
     for (ci, container) in spec.containers.iter().enumerate() {
+        let mut names: Vec<&str> = Vec::new();
         for (pi, port) in container.ports.iter().flatten().enumerate() {
             let field = format!("spec.containers[{ci}].ports[{pi}]");
+            if let Some(name) = port.name.as_deref() {
+                if names.contains(&name) {
+                    return Err(FieldError::at(
+                        format!("{field}.name"),
+                        format!("duplicate value {name:?}"),
+                    ));
+                }
+                names.push(name);
+            }
             ports.push(container_port(port, &field)?);
         }
     }
@@ -107,7 +144,7 @@ pub fn pod(value: Value) -> Result<Pod> {
         }
     }
     Ok(Pod {
-        namespace: namespace_of(&pod.metadata),
+        namespace,
         name,
         labels,
         ips,
@@ -161,8 +198,8 @@ fn protocol(value: Option<&str>, field: &str) -> Result<Protocol> {
 
 pub fn network_policy(value: Value) -> Result<Policy> {
     let policy: net::NetworkPolicy = decode(value)?;
-    let name = name_of(&policy.metadata)?;
-    let namespace = namespace_of(&policy.metadata);
+    let name = name_of(&policy.metadata, false)?;
+    let namespace = namespace_of(&policy.metadata)?;
     let spec = policy.spec.unwrap_or_default();
     let pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector")?;
 
@@ -425,6 +462,22 @@ fn is_name_part(s: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns_label_chars(s)
+}
+
+/// RFC 1123 label characters, without the length limit (subdomain parts have none of their own).
+fn is_dns_label_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    !s.is_empty()
+        && b.first()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.last()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
