@@ -5,11 +5,13 @@
 //! No I/O happens here: the `flowgate` binary reads files and prints.
 
 pub mod cluster;
+pub mod compile;
 pub mod error;
 pub mod evaluate;
 pub mod explain;
 pub mod lint;
 pub mod load;
+pub mod maps;
 pub mod matrix;
 pub mod model;
 pub mod probe;

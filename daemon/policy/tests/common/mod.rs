@@ -5,6 +5,8 @@
     reason = "each test binary uses a different subset of these helpers"
 )]
 
+pub mod r#gen;
+
 use flowgate_policy::evaluate::{Decision, Flow, evaluate};
 use flowgate_policy::model::Protocol;
 use flowgate_policy::{Cluster, Manifests};

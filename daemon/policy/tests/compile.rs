@@ -1,0 +1,284 @@
+//! The compiled datapath against the reference: maps built by `compile` + `plan` and looked up
+//! the way the kernel looks them up give the same verdict and attribution as `evaluate`; and
+//! while a plan is applied op by op, every flow is decided as by the old or by the new snapshot.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is the failure report"
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use common::r#gen::*;
+use flowgate_policy::Cluster;
+use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile, prefixes};
+use flowgate_policy::evaluate::{Reason, SideDecision, Verdict, evaluate};
+use flowgate_policy::maps::{Lookup, MapState, Mode, plan};
+use flowgate_policy::model::{Direction, Pod, Protocol};
+use proptest::prelude::*;
+
+/// Every pod is local; its ifindex is derived from its name so it is stable across snapshots.
+fn locals(cluster: &Cluster) -> Vec<LocalEndpoint> {
+    cluster
+        .pods()
+        .map(|(_, p)| LocalEndpoint {
+            pod: p.key(),
+            ifindex: ifindex(p),
+        })
+        .collect()
+}
+
+fn ifindex(p: &Pod) -> u32 {
+    let ns: u32 = p.namespace.trim_start_matches('n').parse().unwrap();
+    let i: u32 = p.name.trim_start_matches("pod").parse().unwrap();
+    10 + ns * 100 + i
+}
+
+fn state_of(snap: &Snapshot) -> MapState {
+    let mut state = MapState::default();
+    for op in plan(&Snapshot::default(), snap, Mode::Enforce) {
+        state.apply(&op);
+    }
+    state
+}
+
+/// A kernel lookup turned into the decision `evaluate` would report for that side.
+fn resolve(
+    lookup: Lookup,
+    snaps: &[&Snapshot],
+    ifindex: u32,
+    direction: Direction,
+) -> SideDecision {
+    let snap_of = |generation: u32| {
+        *snaps
+            .iter()
+            .find(|s| s.generation == generation)
+            .expect("generation of a known snapshot")
+    };
+    match lookup {
+        Lookup::Unmanaged => panic!("ifindex {ifindex} has no endpoint entry"),
+        Lookup::NotIsolated { .. } => SideDecision {
+            verdict: Verdict::Allow,
+            reason: Reason::NotIsolated,
+            allowed_by: vec![],
+            isolated_by: vec![],
+        },
+        Lookup::Allow {
+            generation,
+            attribution,
+        } => SideDecision {
+            verdict: Verdict::Allow,
+            reason: Reason::RuleAllow,
+            allowed_by: snap_of(generation).attributions[&attribution].clone(),
+            isolated_by: vec![],
+        },
+        Lookup::Deny { generation } => SideDecision {
+            verdict: Verdict::Deny,
+            reason: Reason::DefaultDeny,
+            allowed_by: vec![],
+            isolated_by: snap_of(generation).endpoints[&ifindex]
+                .side(direction)
+                .isolated_by
+                .clone(),
+        },
+    }
+}
+
+/// Per (endpoint, probe, remote, side): the decision, and the paired remote ingress if any.
+type Decisions = BTreeMap<(u32, usize, IpAddr, usize), (SideDecision, Option<SideDecision>)>;
+
+fn external(i: usize) -> IpAddr {
+    [
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)),
+        IpAddr::V4(Ipv4Addr::new(10, 0, 1, 200)),
+        IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)),
+    ][i % 3]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Compiled maps, looked up like the kernel does, equal `evaluate` on both sides of every flow.
+    #[test]
+    fn compiled_lookup_equals_evaluate(pods in pods(), policies in policies(), flows in flows()) {
+        let cluster = build(pods, policies);
+        let snap = compile(&cluster, &locals(&cluster), None);
+        let state = state_of(&snap);
+        for (s, d, proto, port) in flows {
+            let flow = make_flow(&cluster, s, d, proto, port);
+            let expected = evaluate(&cluster, &flow);
+            if let Some(src) = flow.src_pod {
+                let i = ifindex(cluster.pod(src));
+                let got = resolve(state.lookup(i, Direction::Egress, flow.dst_ip, flow.protocol, flow.port), &[&snap], i, Direction::Egress);
+                prop_assert_eq!(&got, &expected.egress, "egress of {:?}", flow);
+            }
+            if let Some(dst) = flow.dst_pod {
+                let i = ifindex(cluster.pod(dst));
+                let got = resolve(state.lookup(i, Direction::Ingress, flow.src_ip, flow.protocol, flow.port), &[&snap], i, Direction::Ingress);
+                prop_assert_eq!(&got, &expected.ingress, "ingress of {:?}", flow);
+            }
+        }
+    }
+
+    /// Applying a plan op by op: at every step each flow's (egress, ingress) pair is the old pair
+    /// or the new pair, never a mix; at the end the maps equal `evaluate` on the new cluster.
+    #[test]
+    fn plan_switches_atomically(
+        old_pods in pods(), old_policies in policies(),
+        new_pods in pods(), new_policies in policies(),
+        which in 0usize..3,
+    ) {
+        let (new_pods, new_policies) = match which {
+            0 => (old_pods.clone(), new_policies),
+            1 => (new_pods, old_policies.clone()),
+            _ => (new_pods, new_policies),
+        };
+        let old_cluster = build(old_pods, old_policies);
+        let new_cluster = build(new_pods, new_policies);
+        let old = compile(&old_cluster, &locals(&old_cluster), None);
+        let new = compile(&new_cluster, &locals(&new_cluster), Some(&old));
+        let mut state = state_of(&old);
+        let final_state = {
+            let mut s = state.clone();
+            for op in plan(&old, &new, Mode::Enforce) { s.apply(&op); }
+            s
+        };
+
+        // Endpoints present in both with the same IP; remote addresses from both and outside.
+        let stable: Vec<(u32, IpAddr)> = old_cluster.pods()
+            .filter_map(|(_, p)| {
+                let (_, q) = new_cluster.pods().find(|(_, q)| q.key() == p.key())?;
+                (q.ips == p.ips).then(|| (ifindex(p), p.ips[0]))
+            })
+            .collect();
+        let mut remotes: Vec<IpAddr> = old_cluster.pods().chain(new_cluster.pods()).map(|(_, p)| p.ips[0]).collect();
+        remotes.extend((0..3).map(external));
+        remotes.sort();
+        remotes.dedup();
+        let probes: Vec<(Protocol, Option<u16>)> = vec![(Protocol::Tcp, Some(80)), (Protocol::Udp, Some(53)), (Protocol::Tcp, Some(443)), (Protocol::Icmp, None)];
+
+        let snaps = [&old, &new];
+        let decide = |st: &MapState| -> Decisions {
+            let mut out = BTreeMap::new();
+            for (pi, (proto, port)) in probes.iter().enumerate() {
+                for &(i, ip) in &stable {
+                    for &r in &remotes {
+                        let egress = resolve(st.lookup(i, Direction::Egress, r, *proto, *port), &snaps, i, Direction::Egress);
+                        // If the remote is a stable endpoint too, pair the egress with its ingress.
+                        let ingress = stable.iter().find(|(_, rip)| *rip == r).map(|&(j, _)| {
+                            resolve(st.lookup(j, Direction::Ingress, ip, *proto, *port), &snaps, j, Direction::Ingress)
+                        });
+                        out.insert((i, pi, r, 0), (egress, ingress));
+                        let alone = resolve(st.lookup(i, Direction::Ingress, r, *proto, *port), &snaps, i, Direction::Ingress);
+                        out.insert((i, pi, r, 1), (alone, None));
+                    }
+                }
+            }
+            out
+        };
+        let before = decide(&state);
+        let after = decide(&final_state);
+        for (step, op) in plan(&old, &new, Mode::Enforce).iter().enumerate() {
+            state.apply(op);
+            let now = decide(&state);
+            for (key, got) in &now {
+                prop_assert!(got == &before[key] || got == &after[key],
+                    "step {} ({:?}): {:?} is neither old {:?} nor new {:?}", step, op, got, before[key], after[key]);
+            }
+        }
+
+        // And the final maps are the new policy exactly.
+        for (_, pod) in new_cluster.pods() {
+            for &r in &remotes {
+                for (proto, port) in &probes {
+                    let remote_pod = new_cluster.pod_by_ip(r);
+                    let flow = flowgate_policy::evaluate::Flow { src_ip: pod.ips[0], src_pod: new_cluster.pod_by_ip(pod.ips[0]), dst_ip: r, dst_pod: remote_pod, protocol: *proto, port: *port };
+                    let i = ifindex(pod);
+                    let got = resolve(final_state.lookup(i, Direction::Egress, r, *proto, *port), &[&new], i, Direction::Egress);
+                    prop_assert_eq!(&got, &evaluate(&new_cluster, &flow).egress);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn port_ranges_become_few_prefixes() {
+    assert_eq!(prefixes(80, 80), vec![(80, 16)]);
+    assert_eq!(prefixes(0, 65535), vec![(0, 0)]);
+    assert_eq!(prefixes(32000, 32767), vec![(32000, 8), (32256, 7)]);
+    // Every range is covered exactly, by at most 2 * 16 prefixes.
+    for (lo, hi) in [
+        (1u32, 65535u32),
+        (80, 81),
+        (1024, 65535),
+        (32000, 32768),
+        (5, 1000),
+    ] {
+        let ps = prefixes(lo, hi);
+        assert!(ps.len() <= 32, "{lo}-{hi}: {} prefixes", ps.len());
+        let covered: u32 = ps
+            .iter()
+            .map(|(_, bits)| 1u32 << (16 - u32::from(*bits)))
+            .sum();
+        assert_eq!(covered, hi - lo + 1, "{lo}-{hi} covered exactly");
+        let mut next = lo;
+        for (start, bits) in ps {
+            assert_eq!(u32::from(start), next, "contiguous");
+            next += 1 << (16 - u32::from(bits));
+        }
+    }
+}
+
+#[test]
+fn table_shared_by_endpoints_with_the_same_policies() {
+    let yaml = r"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: n0, labels: {app: web}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: n0, labels: {app: web}}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: n0}
+spec:
+  podSelector: {}
+  ingress: [{from: [{podSelector: {}}], ports: [{port: 8000, endPort: 8999}]}]
+";
+    let cluster = common::cluster(yaml);
+    let locals = vec![
+        LocalEndpoint {
+            pod: "n0/a".into(),
+            ifindex: 1,
+        },
+        LocalEndpoint {
+            pod: "n0/b".into(),
+            ifindex: 2,
+        },
+    ];
+    let snap = compile(&cluster, &locals, None);
+    assert_eq!(
+        snap.endpoints[&1].ingress.table, snap.endpoints[&2].ingress.table,
+        "same policies, same table"
+    );
+    assert_eq!(snap.tables.len(), 1);
+    // a and b have the same labels: one identity. 8000-8999 is 6 prefixes, not 1,000 entries.
+    let pod_identities = snap
+        .identities
+        .values()
+        .filter(|c| matches!(c, flowgate_policy::compile::IdentityContent::Pod { .. }))
+        .count();
+    assert_eq!(pod_identities, 1, "one label set, one identity");
+    assert_eq!(prefixes(8000, 8999).len(), 6);
+    assert_eq!(snap.cell_count(), 6);
+}
