@@ -1,4 +1,4 @@
-//! The datapath's maps as data: `plan(old, new) -> Vec<MapOp>` orders the updates from one
+//! The datapath's maps as data: `diff(old, new, mode) -> Vec<MapOp>` orders the updates from one
 //! snapshot to the next, and `MapState` models the kernel maps (with LPM semantics) so the
 //! kernel's lookup can be run in Rust against the same keys and values.
 //!
@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use crate::compile::{Cell, Entries, Snapshot};
 use crate::model::{Direction, Protocol};
 
-/// One write to the datapath's maps, in the order a plan gives.
+/// One write to the datapath's maps, in the order `diff` gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapOp {
     PolicyUpdate(PolicyKey, PolicyValue),
@@ -145,7 +145,7 @@ fn relabel(cells: &[(Cell, u32)], identity: u32) -> Vec<(Cell, u32)> {
 /// The ordered ops that take the datapath from `old` (what is in the maps; `Snapshot::default()`
 /// for empty maps) to `new`. Table ids of `new` that must move to a fresh id (copy-on-write) are
 /// renamed in the ops; `new`'s own ids are what the caller keeps for resolving events.
-pub fn plan(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
+pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
     let first = old.endpoints.is_empty() && old.ipcache.is_empty();
     let mut early: Vec<MapOp> = Vec::new();
     let mut late: Vec<MapOp> = Vec::new();

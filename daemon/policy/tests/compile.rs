@@ -1,4 +1,4 @@
-//! The compiled datapath against the reference: maps built by `compile` + `plan` and looked up
+//! The compiled datapath against the reference: maps built by `compile` + `diff` and looked up
 //! the way the kernel looks them up give the same verdict and attribution as `evaluate`; and
 //! while a plan is applied op by op, every flow is decided as by the old or by the new snapshot.
 
@@ -18,7 +18,7 @@ use common::r#gen::*;
 use flowgate_policy::Cluster;
 use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile, prefixes};
 use flowgate_policy::evaluate::{Reason, SideDecision, Verdict, evaluate};
-use flowgate_policy::maps::{Lookup, MapState, Mode, plan};
+use flowgate_policy::maps::{Lookup, MapState, Mode, diff};
 use flowgate_policy::model::{Direction, Pod, Protocol};
 use proptest::prelude::*;
 
@@ -41,7 +41,7 @@ fn ifindex(p: &Pod) -> u32 {
 
 fn state_of(snap: &Snapshot) -> MapState {
     let mut state = MapState::default();
-    for op in plan(&Snapshot::default(), snap, Mode::Enforce) {
+    for op in diff(&Snapshot::default(), snap, Mode::Enforce) {
         state.apply(&op);
     }
     state
@@ -145,7 +145,7 @@ proptest! {
         let mut state = state_of(&old);
         let final_state = {
             let mut s = state.clone();
-            for op in plan(&old, &new, Mode::Enforce) { s.apply(&op); }
+            for op in diff(&old, &new, Mode::Enforce) { s.apply(&op); }
             s
         };
 
@@ -183,7 +183,7 @@ proptest! {
         };
         let before = decide(&state);
         let after = decide(&final_state);
-        for (step, op) in plan(&old, &new, Mode::Enforce).iter().enumerate() {
+        for (step, op) in diff(&old, &new, Mode::Enforce).iter().enumerate() {
             state.apply(op);
             let now = decide(&state);
             for (key, got) in &now {
