@@ -26,3 +26,52 @@ if command -v rustup >/dev/null 2>&1; then
     fi
   done
 fi
+
+# The eBPF datapath: aya-build compiles it with nightly, -Z build-std=core (needs rust-src) and
+# bpf-linker 0.10.4 (it uses rustc's own libLLVM 22; newer versions want a system LLVM 23).
+BPF_LINKER_VERSION=0.10.4
+NIGHTLY=${FLOWGATE_NIGHTLY:-nightly}
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup toolchain list | grep -q "^${NIGHTLY}"; then
+    say "installing Rust ${NIGHTLY} (minimal) with rust-src for the eBPF build"
+    rustup toolchain install "${NIGHTLY}" --profile minimal --component rust-src
+  fi
+  # rust-src for build-std; clippy and rustfmt for linting the eBPF crate in its own directory.
+  nightly_installed=$(rustup component list --toolchain "${NIGHTLY}" --installed 2>/dev/null)
+  for component in rust-src clippy rustfmt; do
+    if ! grep -q "^${component}" <<<"${nightly_installed}"; then
+      say "adding ${component} to ${NIGHTLY}"
+      rustup component add "${component}" --toolchain "${NIGHTLY}"
+    fi
+  done
+fi
+have_linker=$(bpf-linker --version 2>/dev/null | awk '{print $2}' || true)
+if [ "${have_linker}" != "${BPF_LINKER_VERSION}" ]; then
+  say "installing bpf-linker ${BPF_LINKER_VERSION} (was: ${have_linker:-none}); about a minute"
+  cargo install bpf-linker --version "${BPF_LINKER_VERSION}" --locked --force --quiet
+fi
+
+# Debian packages: iproute2 for the lab's namespaces, iperf3 for the benchmarks,
+# nftables and iptables for the comparison benchmarks. `apt-get update` only when needed.
+APT_PACKAGES=(iproute2 iperf3 nftables iptables)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+      { say "apt-get install ${missing[*]} failed" >&2; exit 1; }
+  else
+    say "missing Debian packages (install them as root): ${missing[*]}" >&2
+  fi
+fi
+
+# bpffs, for pinning the datapath across agent restarts.
+if [ "$(id -u)" = 0 ] && ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
+  say "mounting bpffs at /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi

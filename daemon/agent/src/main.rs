@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod cli;
+use flowgate::cli;
 
 /// flowgate enforces Kubernetes NetworkPolicy with eBPF and reports every verdict: one event per
 /// flow, allowed or dropped, naming the policy and rule that decided it.

@@ -27,8 +27,18 @@ pub mod maps {
     pub const IPCACHE: &str = "FG_IPCACHE";
     pub const POLICY: &str = "FG_POLICY";
     pub const CONNTRACK: &str = "FG_CONNTRACK";
+    pub const FRAGMENTS: &str = "FG_FRAGS";
+    pub const DENY_DEDUP: &str = "FG_DENY_DEDUP";
     pub const EVENTS: &str = "FG_EVENTS";
     pub const LOST: &str = "FG_LOST";
+}
+
+/// Program names (at most 15 characters: the kernel truncates longer names).
+pub mod programs {
+    /// On the host-side interface's TC ingress: packets leaving the pod (its egress).
+    pub const FROM_POD: &str = "fg_from_pod";
+    /// On the host-side interface's TC egress: packets entering the pod (its ingress).
+    pub const TO_POD: &str = "fg_to_pod";
 }
 
 /// Map capacities (entries).
@@ -36,6 +46,11 @@ pub mod capacity {
     pub const ENDPOINTS: u32 = 8192;
     pub const IPCACHE: u32 = 262_144;
     pub const POLICY: u32 = 1_048_576;
+    pub const CONNTRACK: u32 = 262_144;
+    pub const FRAGMENTS: u32 = 8192;
+    pub const DENY_DEDUP: u32 = 65_536;
+    /// Default ring-buffer size in bytes (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 }
 
 pub const PROTO_ICMP: u8 = 1;
@@ -113,6 +128,17 @@ pub const POLICY_PREFIX_PROTO: u32 = 80;
 /// A single port.
 pub const POLICY_PREFIX_FULL: u32 = 96;
 
+/// The data part of a `POLICY` LPM key (what follows `prefixlen`), as the kernel map stores it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKeyData {
+    pub table: [u8; 4],
+    pub identity: [u8; 4],
+    pub proto: u8,
+    pub _pad: u8,
+    pub port: [u8; 2],
+}
+
 /// LPM key of `POLICY`. All multi-byte fields are big-endian so prefixes follow their bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,6 +175,17 @@ impl PolicyKey {
     pub const fn port(&self) -> u16 {
         u16::from_be_bytes(self.port)
     }
+
+    /// The key without its prefix length, as the kernel's LPM map takes it.
+    pub const fn data(&self) -> PolicyKeyData {
+        PolicyKeyData {
+            table: self.table,
+            identity: self.identity,
+            proto: self.proto,
+            _pad: 0,
+            port: self.port,
+        }
+    }
 }
 
 #[repr(C)]
@@ -159,6 +196,150 @@ pub struct PolicyValue {
     pub attribution: u32,
 }
 
+/// Event verdicts.
+pub mod verdict {
+    pub const ALLOW: u8 = 0;
+    pub const DENY: u8 = 1;
+    /// Audit mode: enforce mode would have dropped it; it passed.
+    pub const AUDIT_DENY: u8 = 2;
+}
+
+/// Event reasons (why the verdict).
+pub mod reason {
+    /// The pod is not isolated in this direction.
+    pub const NOT_ISOLATED: u8 = 0;
+    /// A rule allowed it (`attribution` names the rules).
+    pub const RULE_ALLOW: u8 = 1;
+    /// The pod is isolated and no rule allows it.
+    pub const DEFAULT_DENY: u8 = 2;
+    /// An established connection, re-checked after a policy change, is no longer allowed.
+    pub const RECHECK_DENY: u8 = 3;
+    /// A non-first fragment whose first fragment was not seen: its ports are unknown.
+    pub const FRAGMENT_UNKNOWN: u8 = 4;
+}
+
+/// `FlowEvent::flags` bits.
+pub mod event_flags {
+    /// The event summarises `count` denied packets of one flow (deduplicated).
+    pub const DEDUPLICATED: u8 = 1;
+    /// The verdict came from re-checking an established connection after a policy change.
+    pub const RECHECK: u8 = 2;
+}
+
+/// One verdict of the datapath: a new connection allowed on one side, or denied packets of a
+/// flow (deduplicated per 5-tuple and reason within `DENY_WINDOW_NS`, with a count).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowEvent {
+    /// `ABI_VERSION`.
+    pub version: u8,
+    pub verdict: u8,
+    pub reason: u8,
+    /// `DIR_INGRESS` or `DIR_EGRESS` of the local pod.
+    pub direction: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// TCP flags of the packet (0 for other protocols).
+    pub tcp_flags: u8,
+    /// `event_flags` bits.
+    pub flags: u8,
+    pub ifindex: u32,
+    pub endpoint_id: u32,
+    /// Snapshot generation the verdict was made with.
+    pub generation: u32,
+    /// `PolicyValue::attribution` of the allowing cell (0: none).
+    pub attribution: u32,
+    /// The remote end's identity.
+    pub identity: u32,
+    /// Packets this event stands for (1 unless deduplicated).
+    pub count: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad: [u8; 4],
+    /// IPv6, or IPv4 mapped (`::ffff:a.b.c.d`).
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// `bpf_ktime_get_ns` of this packet, and of the first packet the event counts.
+    pub timestamp_ns: u64,
+    pub first_ns: u64,
+}
+
+/// Denied packets of one (5-tuple, reason) produce at most one event per window.
+pub const DENY_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Indexes of `LOST` (ring-buffer reserve failures per verdict class).
+pub const LOST_ALLOW: u32 = 0;
+pub const LOST_DENY: u32 = 1;
+pub const LOST_AUDIT: u32 = 2;
+pub const LOST_SLOTS: u32 = 3;
+
+/// Connection-tracking key: one local interface's view of a flow, in the direction of the
+/// packet that created it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub ifindex: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// Generation the connection was last allowed under; a different active generation
+    /// makes the next packet re-check the policy.
+    pub generation: u32,
+    /// Policy direction of the packet that created it.
+    pub direction: u8,
+    /// `verdict::ALLOW`, or `verdict::AUDIT_DENY` in audit mode.
+    pub verdict: u8,
+    pub _pad: [u8; 2],
+    pub created_ns: u64,
+}
+
+/// Key of the fragment map: the first fragment's ports, found by the IP ID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub ifindex: u32,
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragValue {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Deduplication state of one denied (5-tuple, reason).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DedupValue {
+    pub first_ns: u64,
+    pub last_emit_ns: u64,
+    /// Packets denied since the last event.
+    pub pending: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<PolicyKeyData>() == 12);
+const _: () = assert!(size_of::<FlowEvent>() == 88);
+const _: () = assert!(core::mem::align_of::<FlowEvent>() == 8);
+const _: () = assert!(size_of::<CtKey>() == 44);
+const _: () = assert!(size_of::<CtValue>() == 16);
+const _: () = assert!(size_of::<FragKey>() == 44);
+const _: () = assert!(size_of::<DedupValue>() == 24);
 const _: () = assert!(size_of::<Active>() == 8);
 const _: () = assert!(size_of::<EndpointKey>() == 8);
 const _: () = assert!(size_of::<EndpointInfo>() == 20);
@@ -178,4 +359,11 @@ mod user {
     unsafe impl aya::Pod for super::IpCacheValue {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::PolicyKeyData {}
+    unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
+    unsafe impl aya::Pod for super::DedupValue {}
 }

@@ -1,0 +1,5 @@
+//! The `flowgate` agent crate: everything that does I/O. The command line (`cli`), the eBPF
+//! datapath loader (`datapath`); the binary (`main.rs`) only parses arguments and dispatches.
+
+pub mod cli;
+pub mod datapath;
