@@ -1,5 +1,7 @@
 //! The `flowgate` agent crate: everything that does I/O. The command line (`cli`), the eBPF
-//! datapath loader (`datapath`); the binary (`main.rs`) only parses arguments and dispatches.
+//! datapath loader (`datapath`), the lab node (`lab`), a node at work (`node`); the binary (`main.rs`) only parses arguments and dispatches.
 
 pub mod cli;
 pub mod datapath;
+pub mod lab;
+pub mod node;

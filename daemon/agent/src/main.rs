@@ -27,6 +27,7 @@ enum Command {
     Verdicts(cli::verdicts::Args),
     Explain(cli::explain::Args),
     Lint(cli::lint::Args),
+    Lab(cli::lab::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         Command::Verdicts(args) => cli::verdicts::run(&args),
         Command::Explain(args) => cli::explain::run(&args),
         Command::Lint(args) => cli::lint::run(&args),
+        Command::Lab(args) => cli::lab::run(&args),
     };
     match result {
         Ok(code) => code.into(),

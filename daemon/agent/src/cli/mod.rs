@@ -2,6 +2,7 @@
 //! printing diagnostics.
 
 pub mod explain;
+pub mod lab;
 pub mod lint;
 pub mod manifests;
 pub mod verdicts;
@@ -19,6 +20,8 @@ pub enum Exit {
     Unreadable,
     /// EX_DATAERR: some manifests were rejected (reported; the rest was evaluated).
     InvalidManifests,
+    /// EX_NOPERM: the command needs root.
+    NoPermission,
 }
 
 impl From<Exit> for ExitCode {
@@ -28,6 +31,7 @@ impl From<Exit> for ExitCode {
             Exit::Failed => 1,
             Exit::Unreadable => 64,
             Exit::InvalidManifests => 65,
+            Exit::NoPermission => 77,
         })
     }
 }
@@ -57,4 +61,10 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
 /// `emit` for a value as pretty JSON, with a trailing newline.
 pub fn emit_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+/// Whether we run as root (the lab and the agent need CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }

@@ -188,14 +188,19 @@ fn table(results: &[ProbeResult]) -> String {
             ingress,
         ]);
     }
-    let mut widths = [0usize; 6];
-    for row in &rows {
+    render_rows(&rows)
+}
+
+/// Rows as left-aligned columns separated by two spaces, without trailing blanks.
+pub fn render_rows<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let mut line = String::new();
         for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
             if i > 0 {

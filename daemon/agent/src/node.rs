@@ -1,0 +1,157 @@
+//! A flowgate node at work: the loaded datapath attached to the local pods' host interfaces,
+//! the snapshot in its maps, and the event path (ring buffer -> decode -> enrich -> records).
+//! `apply` recompiles a cluster and switches the maps to it; `drain` returns the flow records
+//! produced since the last call. Used by `flowgate lab` and `flowgate agent --lab`.
+
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+use flowgate_flows::record::Mode as RecordMode;
+use flowgate_flows::{Enricher, FlowRecord, Tables};
+use flowgate_policy::Cluster;
+use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile};
+use flowgate_policy::maps::{Mode, diff};
+
+use crate::datapath::events::{self, ReaderStats};
+use crate::datapath::{Attached, Datapath, DatapathError, LoadOptions, TcMode};
+use crate::lab::{EndpointKind, Lab, LabError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Lab(#[from] LabError),
+}
+
+/// What one `apply` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub generation: u32,
+    pub ops: usize,
+    /// Compile + diff.
+    pub compile: Duration,
+    /// Writing the ops to the kernel maps (barriers included).
+    pub write: Duration,
+    pub cells: usize,
+}
+
+pub struct Node {
+    datapath: Datapath,
+    ring: RingBuf<MapData>,
+    snapshot: Snapshot,
+    enricher: Enricher,
+    mode: Mode,
+    locals: Vec<LocalEndpoint>,
+    pub attached: Option<Attached>,
+    pub reader: ReaderStats,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("generation", &self.snapshot.generation)
+            .field("locals", &self.locals.len())
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+/// CLOCK_REALTIME minus CLOCK_MONOTONIC (what `bpf_ktime_get_ns` counts), in nanoseconds.
+pub fn realtime_offset_ns() -> i128 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(clock, &raw mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
+}
+
+impl Node {
+    /// Loads the datapath and attaches it to every pod of the lab (inside the lab's node
+    /// namespace). Nothing is enforced until the first `apply`.
+    pub fn on_lab(lab: &Lab, mode: Mode, node_name: &str) -> Result<Self, NodeError> {
+        let mut datapath = Datapath::load(&LoadOptions::default())?;
+        let ring = datapath.take_events()?;
+        let pods: Vec<(String, String, u32)> = lab
+            .endpoints()
+            .filter(|e| e.kind == EndpointKind::Pod)
+            .map(|e| (e.key.to_owned(), e.host_ifname.to_owned(), e.host_ifindex))
+            .collect();
+        let attached = lab.in_node(|| -> Result<Option<Attached>, DatapathError> {
+            let mut how = None;
+            for (_, ifname, _) in &pods {
+                how = Some(datapath.attach_pod_interface(ifname, TcMode::Auto)?);
+            }
+            Ok(how)
+        })??;
+        let locals = pods
+            .into_iter()
+            .map(|(pod, _, ifindex)| LocalEndpoint { pod, ifindex })
+            .collect();
+        Ok(Self {
+            datapath,
+            ring,
+            snapshot: Snapshot::default(),
+            enricher: Enricher::new(node_name, realtime_offset_ns()),
+            mode,
+            locals,
+            attached,
+            reader: ReaderStats::default(),
+        })
+    }
+
+    /// Compiles `cluster` for the local pods and switches the datapath to it.
+    pub fn apply(&mut self, cluster: &Cluster) -> Result<ApplyStats, NodeError> {
+        let started = Instant::now();
+        let next = compile(cluster, &self.locals, Some(&self.snapshot));
+        let ops = diff(&self.snapshot, &next, self.mode);
+        let compiled = started.elapsed();
+        // Tables first: events of the new generation may arrive as soon as it is active.
+        let mode = match self.mode {
+            Mode::Enforce => RecordMode::Enforce,
+            Mode::Audit => RecordMode::Audit,
+        };
+        self.enricher
+            .push(Tables::from_snapshot(cluster, &next, mode));
+        let writing = Instant::now();
+        self.datapath.apply(&ops)?;
+        let stats = ApplyStats {
+            generation: next.generation,
+            ops: ops.len(),
+            compile: compiled,
+            write: writing.elapsed(),
+            cells: next.cell_count(),
+        };
+        self.snapshot = next;
+        Ok(stats)
+    }
+
+    /// Flow records of every event in the ring buffer now.
+    pub fn drain(&mut self) -> Vec<FlowRecord> {
+        let mut raw = Vec::new();
+        events::drain(&mut self.ring, &mut raw, &mut self.reader);
+        raw.iter().map(|ev| self.enricher.enrich(ev)).collect()
+    }
+
+    /// Ring-buffer reserve failures so far (allow, deny, audit).
+    pub fn lost(&self) -> Result<[u64; 3], NodeError> {
+        Ok(self.datapath.lost_events()?)
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+}

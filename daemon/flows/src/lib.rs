@@ -1,0 +1,12 @@
+//! flowgate-flows: the datapath's event bytes in, flow records out. `decode` reads one
+//! ring-buffer record; `enrich::Enricher` turns it into a `record::FlowRecord` using lookup
+//! tables of the policy generation the kernel decided with. No kernel, no cluster API here:
+//! tested with plain bytes and tables.
+
+pub mod decode;
+pub mod enrich;
+pub mod record;
+
+pub use decode::{DecodeError, decode};
+pub use enrich::{Enricher, Tables};
+pub use record::FlowRecord;

@@ -1,0 +1,160 @@
+//! The flow record (`schema: "flowgate.flow/v1"`): flat, stable snake_case keys, enums as
+//! lowercase strings. One per verdict event; serialized as one JSON line.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+pub const SCHEMA: &str = "flowgate.flow/v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    pub schema: &'static str,
+    pub record_type: RecordType,
+    /// RFC 3339 UTC time of the packet (nanosecond precision).
+    pub time: String,
+    /// Per-node, strictly increasing.
+    pub seq: u64,
+    pub node: String,
+    pub verdict: Verdict,
+    pub mode: Mode,
+    pub reason: Reason,
+    /// Direction from the reporting pod's point of view.
+    pub direction: Direction,
+    /// Which end reported: `src` for an egress verdict, `dst` for ingress.
+    pub reporter: Reporter,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    pub network: Network,
+    pub policy: PolicyInfo,
+    pub counters: Counters,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordType {
+    Flow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    AuditDeny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    NotIsolated,
+    RuleAllow,
+    DefaultDeny,
+    RecheckDeny,
+    FragmentUnknown,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reporter {
+    Src,
+    Dst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointKind {
+    Pod,
+    External,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Private,
+    Public,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    /// Absent for ICMP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub kind: EndpointKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// For externals: private (RFC 1918, ULA, ...) or public.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Network {
+    /// `tcp`, `udp`, `sctp`, `icmp`, `icmpv6` or the protocol number.
+    pub transport: String,
+    pub ip_version: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub namespace: String,
+    pub name: String,
+    pub rule: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyInfo {
+    /// The policy generation the datapath decided with.
+    pub generation: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_by: Vec<RuleRef>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<PolicyRef>,
+    /// Set when the generation was no longer known, so attribution could not be resolved.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unresolved: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Packets this record stands for (more than 1 for deduplicated denies).
+    pub packets: u64,
+    pub dedup_count: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
