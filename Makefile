@@ -16,17 +16,20 @@ bootstrap: ## install what the build needs (idempotent)
 build: bootstrap ## build the flowgate binary
 	$(CARGO) build --locked -p flowgate
 
-demo: build ## the main job: verdicts, matrix, explain and lint on the three-tier example
-	@echo "== flowgate verdicts: every probe with its verdict and the policy/rule behind it"
-	$(FLOWGATE) verdicts --manifests $(EXAMPLE) --probes $(EXAMPLE)/probes.json
+demo: build ## the main job: the agent enforcing examples/three-tier on a lab node, real traffic, flow events (root)
+	@echo "== flowgate agent on a lab node built from $(EXAMPLE), built-in traffic for 4 s: one line per verdict"
+	$(FLOWGATE) agent --lab --manifests $(EXAMPLE) --traffic $(EXAMPLE)/probes.json --traffic-interval-ms 1500 --duration-secs 4 --log-format compact
 	@echo
-	@echo "== flowgate verdicts --matrix: the pod-to-pod truth table"
-	$(FLOWGATE) verdicts --matrix --manifests $(EXAMPLE) --ports 80,8080,5432
+	@echo "== one flow record as JSON (schema flowgate.flow/v1), as shipped to a SIEM"
+	$(FLOWGATE) agent --lab --manifests $(EXAMPLE) --traffic $(EXAMPLE)/probes.json --duration-secs 1 2>/dev/null | grep '"verdict":"deny"' | head -n 1
 	@echo
-	@echo "== flowgate explain: why the frontend cannot reach the database"
+	@echo "== flowgate lab: every probe as real traffic; observed vs expected, with the events"
+	$(FLOWGATE) lab --manifests $(EXAMPLE) --probes $(EXAMPLE)/probes.json
+	@echo
+	@echo "== flowgate explain (offline): why the frontend cannot reach the database"
 	$(FLOWGATE) explain --manifests $(EXAMPLE) --from shop/frontend --to shop/database --port 5432
 	@echo
-	@echo "== flowgate lint: the AND/OR trap example"
+	@echo "== flowgate lint (offline): the AND/OR trap example"
 	$(FLOWGATE) lint --manifests examples/and-or-trap
 
 fmt: ## format the code

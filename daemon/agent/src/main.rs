@@ -28,6 +28,7 @@ enum Command {
     Explain(cli::explain::Args),
     Lint(cli::lint::Args),
     Lab(cli::lab::Args),
+    Agent(cli::agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cli::explain::run(&args),
         Command::Lint(args) => cli::lint::run(&args),
         Command::Lab(args) => cli::lab::run(&args),
+        Command::Agent(args) => cli::agent::run(&args),
     };
     match result {
         Ok(code) => code.into(),

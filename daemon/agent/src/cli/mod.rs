@@ -1,6 +1,7 @@
 //! Subcommands of the `flowgate` binary and what they share: reading manifest paths, exit codes,
 //! printing diagnostics.
 
+pub mod agent;
 pub mod explain;
 pub mod lab;
 pub mod lint;
