@@ -338,6 +338,13 @@ fn allowed_flow_passes_with_one_event_naming_the_rule() {
         (TC_ACT_OK, 0),
         "the reply passes although web's egress allows nothing"
     );
+    // A new connection reusing the 5-tuple is a new connection: decided and reported again.
+    let (rc, evs) = h.run(programs::TO_POD, &syn);
+    assert_eq!(
+        (rc, one(&evs).verdict),
+        (TC_ACT_OK, verdict::ALLOW),
+        "a reused tuple's SYN is reported"
+    );
 }
 
 #[test]

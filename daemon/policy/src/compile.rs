@@ -266,7 +266,11 @@ pub fn compile(
     }
 
     // Table ids: reuse the previous id of the same endpoint side where it agrees on every
-    // identity both snapshots know; otherwise a new id (copy-on-write).
+    // identity both snapshots know and on every identity move (see `maps::diff`); otherwise a
+    // new id (copy-on-write).
+    let moves = previous
+        .map(|p| crate::maps::identity_moves(&p.ipcache, &snap.ipcache))
+        .unwrap_or_default();
     let mut ids_by_signature: HashMap<TableSignature, u32> = HashMap::new();
     let mut claimed: HashMap<u32, TableSignature> = HashMap::new();
     for (ifindex, _, direction, signature, _) in &sides {
@@ -283,9 +287,10 @@ pub fn compile(
             .filter(|(p, t)| {
                 *t != 0
                     && !claimed.contains_key(t)
-                    && p.tables
-                        .get(t)
-                        .is_some_and(|old| agree(old, entries, p, &snap))
+                    && p.tables.get(t).is_some_and(|old| {
+                        agree(old, entries, p, &snap)
+                            && crate::maps::moves_agree(old, entries, &moves)
+                    })
             })
             .map(|(_, t)| t);
         let id = candidate.unwrap_or_else(|| {

@@ -142,6 +142,34 @@ fn relabel(cells: &[(Cell, u32)], identity: u32) -> Vec<(Cell, u32)> {
         .collect()
 }
 
+/// (old identity, new identity) of every IP-cache key whose resolution changes between two
+/// caches: the pairs `diff` switches through transient identities.
+pub fn identity_moves(
+    old: &BTreeMap<IpNet, u32>,
+    new: &BTreeMap<IpNet, u32>,
+) -> BTreeSet<(u32, u32)> {
+    let mut pairs = BTreeSet::new();
+    if old.is_empty() {
+        return pairs;
+    }
+    for key in old.keys().chain(new.keys()) {
+        if let (Some(o), Some(n)) = (resolve(old, key), resolve(new, key))
+            && o != n
+        {
+            pairs.insert((o, n));
+        }
+    }
+    pairs
+}
+
+/// Whether a table can stay in place through such moves: for each pair, the old table decides
+/// the old identity exactly as the new table decides the new one.
+pub fn moves_agree(old: &Entries, new: &Entries, moves: &BTreeSet<(u32, u32)>) -> bool {
+    moves
+        .iter()
+        .all(|(o, n)| relabel(&cells_of(old, *o), 0) == relabel(&cells_of(new, *n), 0))
+}
+
 /// The ordered ops that take the datapath from `old` (what is in the maps; `Snapshot::default()`
 /// for empty maps) to `new`. Table ids of `new` that must move to a fresh id (copy-on-write) are
 /// renamed in the ops; `new`'s own ids are what the caller keeps for resolving events.
@@ -317,18 +345,14 @@ pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
     }
     ops.push(MapOp::Barrier);
     ops.extend(late);
-    for ifindex in old
-        .endpoints
-        .keys()
-        .filter(|i| !new.endpoints.contains_key(i))
-    {
-        for parity in [0, 1] {
-            ops.push(MapOp::EndpointDelete(EndpointKey {
-                ifindex: *ifindex,
-                parity,
-                _pad: [0; 3],
-            }));
-        }
+    // The old parity's endpoint entries: no packet reads them after the flip and the barriers.
+    let old_parity = parity(old.generation);
+    for ifindex in old.endpoints.keys() {
+        ops.push(MapOp::EndpointDelete(EndpointKey {
+            ifindex: *ifindex,
+            parity: old_parity,
+            _pad: [0; 3],
+        }));
     }
     ops
 }
@@ -342,6 +366,8 @@ pub struct MapState {
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// How many IP-cache keys have each prefix length (so a lookup tries only those).
     ipcache_lens: BTreeMap<u32, usize>,
+    /// Deletes of keys that were not there (a correct plan has none).
+    pub missing_deletes: u64,
 }
 
 /// What the kernel decides for one side of a packet.
@@ -368,7 +394,9 @@ impl MapState {
                 self.policy.insert(*k, *v);
             }
             MapOp::PolicyDelete(k) => {
-                self.policy.remove(k);
+                if self.policy.remove(k).is_none() {
+                    self.missing_deletes += 1;
+                }
             }
             MapOp::IpCacheUpdate(k, v) => {
                 if self.ipcache.insert(*k, *v).is_none() {
@@ -376,9 +404,11 @@ impl MapState {
                 }
             }
             MapOp::IpCacheDelete(k) => {
-                if self.ipcache.remove(k).is_some()
-                    && let Some(n) = self.ipcache_lens.get_mut(&k.prefixlen)
-                {
+                let removed = self.ipcache.remove(k).is_some();
+                if !removed {
+                    self.missing_deletes += 1;
+                }
+                if removed && let Some(n) = self.ipcache_lens.get_mut(&k.prefixlen) {
                     *n -= 1;
                     if *n == 0 {
                         self.ipcache_lens.remove(&k.prefixlen);
@@ -389,7 +419,9 @@ impl MapState {
                 self.endpoints.insert(*k, *v);
             }
             MapOp::EndpointDelete(k) => {
-                self.endpoints.remove(k);
+                if self.endpoints.remove(k).is_none() {
+                    self.missing_deletes += 1;
+                }
             }
             MapOp::Activate(a) => self.active = Some(*a),
             MapOp::Barrier => {}

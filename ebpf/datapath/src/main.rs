@@ -65,6 +65,8 @@ static FG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 static FG_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -153,8 +155,11 @@ fn decide(ctx: &TcContext, dir: u8) -> i32 {
         src_addr: pkt.src,
         dst_addr: pkt.dst,
     };
+    // A TCP SYN always opens a new connection (a reused 5-tuple must not pass silently as an old
+    // one): it skips connection tracking and is decided, tracked and reported afresh.
+    let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // An established connection in this direction.
-    if let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
+    if !syn && let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer; plain integer fields.
         let ct_generation = unsafe { (*ct).generation };
         if ct_generation == ep.generation {
@@ -172,7 +177,7 @@ fn decide(ctx: &TcContext, dir: u8) -> i32 {
     }
     // A reply: the connection was created by a packet the other way, at the other hook.
     turn_around(&mut key);
-    if let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
+    if !syn && let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: as above.
         let ct_generation = unsafe { (*ct).generation };
         if ct_generation == ep.generation {

@@ -58,14 +58,18 @@ pub enum LabError {
     },
 
     #[error(
-        "lab: `ip{}-batch -` exited with {status}; script:\n{script}stderr: {stderr}",
-        netns.as_deref().map(|n| format!(" -n {n} ")).unwrap_or_else(|| " ".to_owned())
+        "lab: `ip{}-batch -` failed ({status}){}: {stderr}",
+        netns.as_deref().map(|n| format!(" -n {n} ")).unwrap_or_else(|| " ".to_owned()),
+        line.as_deref().map(|l| format!(" at `{l}`")).unwrap_or_default()
     )]
     IpFailed {
         netns: Option<String>,
         status: String,
-        script: String,
+        /// The batch line that failed, when `ip` says which.
+        line: Option<String>,
         stderr: String,
+        /// The whole batch, for debugging.
+        script: String,
     },
 
     #[error("lab: {op} {path:?}")]

@@ -2,7 +2,7 @@
 //! servers in every pod and real probes between them, for `flowgate lab` and the lab tests.
 //! Owns the `Lab` lifecycle (build, enter, probe, tear down); the datapath attaches to it.
 //!
-//! ```ignore
+//! ```no_run
 //! # use flowgate::lab::{Lab, LabSpec, LabPod, LabProbe, ProbeEnd, Outcome};
 //! # use flowgate_policy::model::Protocol;
 //! # use std::time::Duration;

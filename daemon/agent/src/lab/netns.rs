@@ -31,21 +31,26 @@ pub(super) fn check_privileges() -> Result<(), LabError> {
     let status_path = "/proc/self/status";
     let status = fs::read_to_string(status_path)
         .map_err(|source| LabError::io("reading", status_path, source))?;
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let missing: Vec<&'static str> = NEEDED_CAPS
-        .iter()
-        .filter(|(_, bit)| effective & (1u64 << bit) == 0)
-        .map(|(name, _)| *name)
-        .collect();
+    let missing = missing_capabilities(&status);
     if missing.is_empty() {
         Ok(())
     } else {
         Err(LabError::NotPrivileged { missing })
     }
+}
+
+/// The needed capabilities absent from the `CapEff` line of a `/proc/<pid>/status` text.
+fn missing_capabilities(status: &str) -> Vec<&'static str> {
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    NEEDED_CAPS
+        .iter()
+        .filter(|(_, bit)| effective & (1u64 << bit) == 0)
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// The path of the named namespace `name`.
@@ -103,15 +108,22 @@ pub(super) fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), LabE
     }
     let output = child.wait_with_output().map_err(spawn_error)?;
     if output.status.success() {
-        Ok(())
-    } else {
-        Err(LabError::IpFailed {
-            netns: netns.map(str::to_owned),
-            status: output.status.to_string(),
-            script,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
+        return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    Err(LabError::IpFailed {
+        netns: netns.map(str::to_owned),
+        status: output.status.to_string(),
+        line: failed_line(&stderr).and_then(|n| lines.get(n.checked_sub(1)?).cloned()),
+        stderr,
+        script,
+    })
+}
+
+/// The 1-based number of the failing line, from `ip -batch`'s "Command failed -:N".
+fn failed_line(stderr: &str) -> Option<usize> {
+    let (_, number) = stderr.rsplit_once("Command failed -:")?;
+    number.split_whitespace().next()?.parse().ok()
 }
 
 /// Deletes the named namespace the way `ip netns delete` does (lazy unmount, then unlink).
@@ -193,10 +205,21 @@ fn short(name: &str) -> &str {
 }
 
 /// Writes a sysctl of the calling thread's network namespace (`/proc/sys/net` follows the
-/// namespace of the thread that opens it). `key` is the path below `/proc/sys`.
+/// namespace of the thread that opens it). `key` is the path below `/proc/sys`. IPv6 keys are
+/// skipped on a kernel without IPv6 (an IPv4-only lab still works there).
 pub(super) fn write_sysctl(key: &str, value: &str) -> Result<(), LabError> {
     let path = Path::new("/proc/sys").join(key);
-    fs::write(&path, value).map_err(|source| LabError::io("writing sysctl", path, source))
+    match fs::write(&path, value) {
+        Ok(()) => Ok(()),
+        Err(error)
+            if error.kind() == ErrorKind::NotFound
+                && key.starts_with("net/ipv6/")
+                && !Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(LabError::io("writing sysctl", path, source)),
+    }
 }
 
 /// Reads a sysctl of the calling thread's network namespace.
@@ -205,4 +228,29 @@ pub(super) fn read_sysctl(key: &str) -> Result<String, LabError> {
     fs::read_to_string(&path)
         .map(|value| value.trim().to_owned())
         .map_err(|source| LabError::io("reading sysctl", path, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_read_from_cap_eff() {
+        let root = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        assert!(missing_capabilities(root).is_empty());
+        let net_admin_only = "CapEff:\t0000000000001000\n";
+        assert_eq!(
+            missing_capabilities(net_admin_only),
+            vec!["CAP_NET_RAW", "CAP_SYS_ADMIN"]
+        );
+        assert_eq!(missing_capabilities("garbage").len(), 3);
+    }
+
+    #[test]
+    fn the_failing_batch_line_is_found() {
+        let stderr =
+            "Cannot create namespace file \"/run/netns/x\": File exists\nCommand failed -:3";
+        assert_eq!(failed_line(stderr), Some(3));
+        assert_eq!(failed_line("RTNETLINK answers: File exists"), None);
+    }
 }

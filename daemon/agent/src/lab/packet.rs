@@ -12,9 +12,6 @@ pub(super) fn nonce() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// IP protocol number of SCTP.
-pub(super) const IPPROTO_SCTP: u8 = 132;
-
 /// SCTP chunk types the lab speaks (RFC 9260, section 3.2).
 pub(super) const CHUNK_INIT: u8 = 1;
 pub(super) const CHUNK_INIT_ACK: u8 = 2;

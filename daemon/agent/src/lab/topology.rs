@@ -35,6 +35,8 @@ use super::spec::{EndpointPlan, GATEWAY_V4, GATEWAY_V6, Plan};
 /// since setting it resets per-interface settings.
 pub(super) const NODE_SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv4/ip_forward", "1"),
+    ("net/ipv6/conf/all/disable_ipv6", "0"),
+    ("net/ipv6/conf/default/disable_ipv6", "0"),
     ("net/ipv6/conf/all/forwarding", "1"),
     ("net/ipv6/conf/default/forwarding", "1"),
     // IPv4 settings of a new namespace are copied from the host's: pin the ones we rely on.
@@ -61,6 +63,8 @@ pub(super) const HOST_IF_SYSCTLS: &[(&str, &str)] = &[
 pub(super) const ENDPOINT_SYSCTLS: &[(&str, &str)] = &[
     // Forwarding is the node's job only (a host with ip_forward=1 would otherwise pass it on).
     ("net/ipv4/ip_forward", "0"),
+    ("net/ipv6/conf/all/disable_ipv6", "0"),
+    ("net/ipv6/conf/default/disable_ipv6", "0"),
     ("net/ipv6/conf/all/forwarding", "0"),
     ("net/ipv6/conf/all/accept_dad", "0"),
     ("net/ipv6/conf/default/accept_dad", "0"),
@@ -93,7 +97,9 @@ pub(super) fn node_script(plan: &Plan) -> Vec<String> {
             endpoint.netns
         ));
         lines.push(format!("link set {host} up"));
-        lines.push(format!("address add {GATEWAY_V6}/64 dev {host} nodad"));
+        if endpoint.ips.iter().any(IpAddr::is_ipv6) {
+            lines.push(format!("address add {GATEWAY_V6}/64 dev {host} nodad"));
+        }
         for ip in &endpoint.ips {
             lines.push(format!("route add {ip}/{} dev {host}", host_prefix(*ip)));
         }
