@@ -15,32 +15,34 @@
 //!   203.0.113.50 (external)   2001:db8:77::50 (external)
 //! ```
 
-#[path = "../src/lab/mod.rs"]
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "the module is compiled into this test crate; the tests use part of its API"
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is the failure report"
 )]
-mod lab;
+
+#[path = "lab_topology/child.rs"]
+mod child;
+#[path = "lab_topology/sniffer.rs"]
+mod sniffer;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use flowgate::lab::{self, Lab, LabError, LabPod, LabProbe, LabSpec, Observed, Outcome, ProbeEnd};
 use flowgate_policy::model::Protocol;
-use lab::{Lab, LabError, LabPod, LabProbe, LabSpec, Observed, Outcome, ProbeEnd};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, socket};
 use nix::unistd::Pid;
+
+use child::{spawn_child, wait_for_exit};
+use sniffer::Sniffer;
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
 /// How far past its timeout a probe may return (scheduling on a 2-core VM).
@@ -54,13 +56,17 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn is_root(test: &str) -> bool {
+fn euid_is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn is_root(test: &str) -> bool {
+    let root = euid_is_root();
+    if !root {
         eprintln!("skipped: needs root ({test} creates network namespaces; CI runs as root)");
     }
-    euid == 0
+    root
 }
 
 fn ip_addr(text: &str) -> IpAddr {
@@ -371,79 +377,6 @@ fn closed_ports_are_refused_and_blackholed_destinations_time_out() {
     );
 }
 
-/// Sees every frame on every interface of the host namespace while it runs.
-struct Sniffer {
-    stop: Arc<AtomicBool>,
-    handle: thread::JoinHandle<(Vec<String>, usize)>,
-}
-
-fn frame_ips(frame: &[u8]) -> Option<(IpAddr, IpAddr, &[u8])> {
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let packet = frame.get(14..)?;
-    let v4 = |b: &[u8]| IpAddr::from(<[u8; 4]>::try_from(b).unwrap());
-    let v6 = |b: &[u8]| IpAddr::from(<[u8; 16]>::try_from(b).unwrap());
-    match ethertype {
-        0x0800 => Some((
-            v4(packet.get(12..16)?),
-            v4(packet.get(16..20)?),
-            packet.get(20..)?,
-        )),
-        0x86dd => Some((
-            v6(packet.get(8..24)?),
-            v6(packet.get(24..40)?),
-            packet.get(40..)?,
-        )),
-        0x0806 => Some((v4(packet.get(14..18)?), v4(packet.get(24..28)?), &[])),
-        _ => None,
-    }
-}
-
-impl Sniffer {
-    /// Records frames to or from `watched` addresses, and counts UDP datagrams to
-    /// 127.0.0.1:`control_port` (proof that the sniffer sees traffic at all).
-    fn start(watched: BTreeSet<IpAddr>, control_port: u16) -> Self {
-        let socket = socket(
-            AddressFamily::Packet,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::EthAll,
-        )
-        .expect("an AF_PACKET socket in the host namespace");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let handle = thread::spawn(move || {
-            let (mut leaked, mut control) = (Vec::new(), 0);
-            let mut buf = vec![0u8; 65_536];
-            while !stopped.load(Ordering::SeqCst) {
-                let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-                if poll(&mut fds, PollTimeout::from(50u16)).unwrap_or(0) == 0 {
-                    continue;
-                }
-                let Ok(len) = recv(socket.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) else {
-                    continue;
-                };
-                let Some((src, dst, rest)) = frame_ips(&buf[..len]) else {
-                    continue;
-                };
-                if watched.contains(&src) || watched.contains(&dst) {
-                    leaked.push(format!("{src} -> {dst}"));
-                }
-                let control_dst = rest.get(2..4).map(|p| u16::from_be_bytes([p[0], p[1]]));
-                if dst == ip_addr("127.0.0.1") && control_dst == Some(control_port) {
-                    control += 1;
-                }
-            }
-            (leaked, control)
-        });
-        Self { stop, handle }
-    }
-
-    fn finish(self) -> (Vec<String>, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().unwrap()
-    }
-}
-
 #[test]
 fn the_lab_is_sealed_and_leaves_the_host_untouched() {
     if !is_root("the_lab_is_sealed_and_leaves_the_host_untouched") {
@@ -634,7 +567,20 @@ fn a_failed_build_removes_what_it_made() {
     let leftover = lab_netns_of(pid);
     let _ = std::fs::remove_file(&blocker);
     match result {
-        Err(LabError::IpFailed { stderr, .. }) => assert!(stderr.contains("exists"), "{stderr}"),
+        Err(error @ LabError::IpFailed { .. }) => {
+            let message = error.to_string();
+            let LabError::IpFailed { stderr, line, .. } = error else {
+                unreachable!()
+            };
+            assert!(stderr.contains("File exists"), "{stderr}");
+            let name = blocker.file_name().unwrap().to_str().unwrap();
+            assert_eq!(
+                line,
+                Some(format!("netns add {name}")),
+                "the error names the failed step"
+            );
+            eprintln!("as reported: {message}");
+        }
         other => panic!("expected the build to fail creating {blocker:?}, got {other:?}"),
     }
     assert!(
@@ -680,44 +626,6 @@ fn ten_pods_build_and_tear_down_quickly() {
     assert!(lab_netns_of(std::process::id()).is_empty());
 }
 
-/// Runs `lab_child_process` in a child copy of this test binary and waits for its lab.
-fn spawn_child(mode: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "lab_child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("FLOWGATE_LAB_CHILD", mode)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let node = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("LAB-READY ").map(str::to_owned))
-        .expect("the child prints LAB-READY once its lab is built");
-    assert!(
-        Path::new("/run/netns").join(&node).exists(),
-        "the child's lab exists"
-    );
-    (child, node)
-}
-
-fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the child did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn ctrl_c_removes_the_lab_and_the_process_still_dies_of_sigint() {
     if !is_root("ctrl_c_removes_the_lab_and_the_process_still_dies_of_sigint") {
@@ -725,10 +633,10 @@ fn ctrl_c_removes_the_lab_and_the_process_still_dies_of_sigint() {
     }
     let _serial = serial();
     let (mut child, _) = spawn_child("interrupt");
-    let pid = child.id();
+    let pid = child.0.id();
     assert!(!lab_netns_of(pid).is_empty());
     kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGINT).unwrap();
-    let status = wait_for_exit(&mut child);
+    let status = wait_for_exit(&mut child.0);
     assert_eq!(
         status.signal(),
         Some(libc::SIGINT),
@@ -748,9 +656,9 @@ fn a_killed_owners_lab_is_removed_by_the_next_build() {
     }
     let _serial = serial();
     let (mut child, _) = spawn_child("hold");
-    let pid = child.id();
-    child.kill().unwrap(); // SIGKILL: no handler, no Drop
-    let _ = wait_for_exit(&mut child); // reaped: the pid no longer exists
+    let pid = child.0.id();
+    child.0.kill().unwrap(); // SIGKILL: no handler, no Drop
+    let _ = wait_for_exit(&mut child.0); // reaped: the pid no longer exists
     let stale = lab_netns_of(pid);
     assert_eq!(
         stale.len(),
@@ -766,6 +674,46 @@ fn a_killed_owners_lab_is_removed_by_the_next_build() {
         );
     }
     assert!(lab_netns_of(pid).is_empty(), "stale namespaces removed");
+}
+
+#[test]
+fn without_privileges_the_build_refuses_and_says_why() {
+    if !euid_is_root() {
+        // Not root: this process is the unprivileged case itself.
+        let error = Lab::build(&small_spec()).unwrap_err();
+        assert!(matches!(error, LabError::NotPrivileged { .. }), "{error}");
+        return;
+    }
+    let _serial = serial();
+    // Root: run the helper as `nobody`, whose effective capabilities are empty.
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "lab_child_process", "--nocapture"])
+        .env("FLOWGATE_LAB_CHILD", "unprivileged")
+        .uid(65_534)
+        .gid(65_534)
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("skipped: nobody cannot execute the test binary here ({error})");
+            return;
+        }
+        Err(error) => panic!("running the helper as nobody: {error}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let refused = stdout
+        .lines()
+        .find_map(|line| {
+            line.split_once("REFUSED ")
+                .map(|(_, message)| message.to_owned())
+        })
+        .unwrap_or_else(|| panic!("the helper must report a refusal; it printed:\n{stdout}"));
+    assert!(
+        refused.contains("needs root") && refused.contains("CAP_NET_ADMIN"),
+        "the refusal must say what is missing: {refused}"
+    );
+    assert!(output.status.success(), "{output:?}");
+    eprintln!("as nobody: {refused}");
 }
 
 fn small_spec() -> LabSpec {
@@ -784,6 +732,12 @@ fn lab_child_process() {
         );
         return;
     };
+    if mode == "unprivileged" {
+        let error = Lab::build(&small_spec()).unwrap_err();
+        assert!(matches!(error, LabError::NotPrivileged { .. }), "{error}");
+        println!("REFUSED {error}");
+        return;
+    }
     if mode == "interrupt" {
         lab::install_interrupt_cleanup().unwrap();
     }

@@ -3,7 +3,7 @@
 //! Owns the `Lab` lifecycle (build, enter, probe, tear down); the datapath attaches to it.
 //!
 //! ```no_run
-//! # use flowgate::lab::{Lab, LabSpec, LabPod, LabProbe, ProbeEnd, Outcome};
+//! # use flowgate::lab::{Lab, LabSpec, LabPod, ProbeEnd, Outcome};
 //! # use flowgate_policy::model::Protocol;
 //! # use std::time::Duration;
 //! # fn main() -> Result<(), flowgate::lab::LabError> {
@@ -15,7 +15,7 @@
 //!     ..LabSpec::default()
 //! };
 //! let lab = Lab::build(&spec)?;                 // everything lives under /run/netns/fglab-<pid>-<seq>-*
-//! let ifindex = lab.host_ifindex("x/b");        // attach the datapath here, inside lab.node_netns()
+//! let _ifindex = lab.host_ifindex("x/b");       // attach the datapath here, inside lab.node_netns()
 //! let seen = lab.probe(&ProbeEnd::parse("x/a"), "10.0.0.2".parse().unwrap(), Protocol::Tcp, Some(80), Duration::from_secs(2));
 //! assert_eq!(seen.outcome, Outcome::Reached);
 //! drop(lab);                                    // removes every namespace, veth and route it made
