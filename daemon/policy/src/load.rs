@@ -27,108 +27,54 @@ impl Manifests {
     }
 
     /// Reads one file's text. `source` names it in diagnostics. A syntax error loses only the
-    /// YAML document it is in; a rejected object loses only that object.
+    /// YAML document it is in; a rejected object loses only that object. Large inputs are parsed
+    /// and validated on all cores; objects are recorded in input order.
     pub fn add_text(&mut self, source: &str, text: &str) {
-        for (chunk_line, doc) in split_documents(text) {
-            let line = chunk_line + leading_comment_lines(doc);
-            let location = Location {
-                source: source.to_owned(),
-                line: Some(line),
-            };
-            if doc.trim().is_empty() || is_comment_only(doc) {
-                continue;
-            }
-            match serde_saphyr::from_str_with_options::<Value>(doc, yaml_options()) {
-                Ok(Value::Null) => {}
-                Ok(value) => self.add_value(&location, value),
-                Err(error) => {
-                    let (location, message) = yaml_error(source, chunk_line, &error);
-                    self.errors.push(ManifestError {
-                        location,
-                        object: None,
-                        field: None,
-                        message,
-                    });
-                }
-            }
-        }
-    }
-
-    fn add_value(&mut self, location: &Location, value: Value) {
-        let Value::Object(map) = &value else {
-            self.notices.push(Notice {
-                location: location.clone(),
-                object: None,
-                message: "skipped: not a Kubernetes object (expected a mapping with kind)".into(),
-            });
-            return;
+        let docs = split_documents(text);
+        let parsed: Vec<Parsed> = if docs.len() < PARALLEL_FROM {
+            docs.iter()
+                .flat_map(|(line, doc)| parse_document(source, *line, doc))
+                .collect()
+        } else {
+            let threads = std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(8);
+            let chunk = docs.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = docs
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .flat_map(|(line, doc)| parse_document(source, *line, doc))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
         };
-        let kind = map
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let api_version = map
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let object = object_ref(&kind, map);
-        match (api_version, kind.as_str()) {
-            // `kind: List` and typed lists (`NetworkPolicyList`), as kubectl's IsListType: a
-            // *List kind with an `items` array.
-            (_, list)
-                if list.ends_with("List") && map.get("items").is_some_and(Value::is_array) =>
-            {
-                let items = map
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                for item in items {
-                    self.add_value(location, item);
-                }
+        for p in parsed {
+            match p {
+                Parsed::Error(e) => self.errors.push(e),
+                Parsed::Notice(n) => self.notices.push(n),
+                Parsed::Object {
+                    location,
+                    object,
+                    result,
+                } => self.record(&location, object, result),
             }
-            ("v1", "Namespace") => {
-                let result = validate::namespace(value);
-                self.record(location, object, result, |m, ns| m.namespaces.push(ns));
-            }
-            ("v1", "Pod") => {
-                let result = validate::pod(value);
-                self.record(location, object, result, |m, pod| m.pods.push(pod));
-            }
-            ("networking.k8s.io/v1", "NetworkPolicy") => {
-                let result = validate::network_policy(value);
-                self.record(location, object, result, |m, p| m.policies.push(p));
-            }
-            (_, "") => self.errors.push(ManifestError {
-                location: location.clone(),
-                object: None,
-                field: Some("kind".into()),
-                message: "missing: every object needs apiVersion and kind".into(),
-            }),
-            ("", _) => self.errors.push(ManifestError {
-                location: location.clone(),
-                object: Some(object),
-                field: Some("apiVersion".into()),
-                message: "missing: every object needs apiVersion and kind".into(),
-            }),
-            (version, kind) => self.notices.push(Notice {
-                location: location.clone(),
-                object: Some(object),
-                message: format!(
-                    "skipped: {version} {kind} is not used for policy evaluation \
-                     (flowgate reads v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy)"
-                ),
-            }),
         }
     }
 
-    fn record<T>(
+    fn record(
         &mut self,
         location: &Location,
         object: ObjectRef,
-        result: Result<T, validate::FieldError>,
-        push: impl FnOnce(&mut Self, T),
+        result: Result<Item, validate::FieldError>,
     ) {
         match result {
             Ok(value) => {
@@ -145,7 +91,11 @@ impl Manifests {
                     });
                     self.remove(&object);
                 }
-                push(self, value);
+                match value {
+                    Item::Namespace(ns) => self.namespaces.push(ns),
+                    Item::Pod(pod) => self.pods.push(pod),
+                    Item::Policy(policy) => self.policies.push(policy),
+                }
             }
             Err(error) => self.errors.push(ManifestError {
                 location: location.clone(),
@@ -170,10 +120,145 @@ impl Manifests {
     }
 }
 
+/// Inputs with at least this many documents are parsed on several threads.
+const PARALLEL_FROM: usize = 64;
+
+/// A validated object.
+#[derive(Debug)]
+enum Item {
+    Namespace(Namespace),
+    Pod(Pod),
+    Policy(Policy),
+}
+
+/// What reading one document (or list item) gives, before it is recorded in order.
+#[derive(Debug)]
+enum Parsed {
+    Object {
+        location: Location,
+        object: ObjectRef,
+        result: Result<Item, validate::FieldError>,
+    },
+    Error(ManifestError),
+    Notice(Notice),
+}
+
+/// Parses and validates one YAML document. Pure and independent of other documents.
+fn parse_document(source: &str, chunk_line: usize, doc: &str) -> Vec<Parsed> {
+    let mut out = Vec::new();
+    if doc.trim().is_empty() || is_comment_only(doc) {
+        return out;
+    }
+    let location = Location {
+        source: source.to_owned(),
+        line: Some(chunk_line + leading_comment_lines(doc)),
+    };
+    // JSON documents (`kubectl get -o json`) take the much faster JSON parser.
+    let parsed = if doc.trim_start().starts_with('{') {
+        serde_json::from_str::<Value>(doc).map_err(|e| {
+            let at = Location {
+                source: source.to_owned(),
+                line: Some(chunk_line + e.line().saturating_sub(1)),
+            };
+            (at, format!("not valid JSON (column {}): {e}", e.column()))
+        })
+    } else {
+        serde_saphyr::from_str_with_options::<Value>(doc, yaml_options())
+            .map_err(|e| yaml_error(source, chunk_line, &e))
+    };
+    match parsed {
+        Ok(Value::Null) => {}
+        Ok(value) => classify(&location, value, &mut out),
+        Err((location, message)) => out.push(Parsed::Error(ManifestError {
+            location,
+            object: None,
+            field: None,
+            message,
+        })),
+    }
+    out
+}
+
+/// Sorts one object by kind and validates it; list items one by one.
+fn classify(location: &Location, value: Value, out: &mut Vec<Parsed>) {
+    let Value::Object(mut map) = value else {
+        out.push(Parsed::Notice(Notice {
+            location: location.clone(),
+            object: None,
+            message: "skipped: not a Kubernetes object (expected a mapping with kind)".into(),
+        }));
+        return;
+    };
+    let kind = map
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    // `kind: List` and typed lists (`NetworkPolicyList`), as kubectl's IsListType: a *List kind
+    // with an `items` array.
+    if kind.ends_with("List") && map.get("items").is_some_and(Value::is_array) {
+        if let Some(Value::Array(items)) = map.remove("items") {
+            for item in items {
+                classify(location, item, out);
+            }
+        }
+        return;
+    }
+    let object = object_ref(&kind, &map);
+    let error = |field: &str, object: Option<ObjectRef>| {
+        Parsed::Error(ManifestError {
+            location: location.clone(),
+            object,
+            field: Some(field.into()),
+            message: "missing: every object needs apiVersion and kind".into(),
+        })
+    };
+    let value = Value::Object(map);
+    let result = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => validate::namespace(value).map(Item::Namespace),
+        ("v1", "Pod") => validate::pod(value).map(Item::Pod),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            validate::network_policy(value).map(Item::Policy)
+        }
+        (_, "") => return out.push(error("kind", None)),
+        ("", _) => return out.push(error("apiVersion", Some(object))),
+        (version, kind) => {
+            return out.push(Parsed::Notice(Notice {
+                location: location.clone(),
+                object: Some(object),
+                message: format!(
+                    "skipped: {version} {kind} is not used for policy evaluation \
+                     (flowgate reads v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy)"
+                ),
+            }));
+        }
+    };
+    out.push(Parsed::Object {
+        location: location.clone(),
+        object,
+        result,
+    });
+}
+
 /// YAML 1.2 core booleans only: `namespace: y` or a label value `on` stays a string, as kubectl
 /// (which converts such values back to strings for string fields) reads it.
 fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! { strict_booleans: true }
+    // Limits sized for whole-cluster dumps (`kubectl get -A -o yaml`: tens of thousands of
+    // objects in one `kind: List`); the alias limits against "billion laughs" keep their defaults.
+    serde_saphyr::options! {
+        strict_booleans: true,
+        budget: serde_saphyr::budget! {
+            max_events: 200_000_000,
+            max_nodes: 100_000_000,
+            max_total_scalar_bytes: 1 << 30,
+            max_documents: 1_000_000,
+        },
+    }
 }
 
 fn object_ref(kind: &str, map: &serde_json::Map<String, Value>) -> ObjectRef {

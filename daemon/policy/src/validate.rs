@@ -37,6 +37,10 @@ impl FieldError {
 type Result<T> = std::result::Result<T, FieldError>;
 
 fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    // Fast path without path tracking; on failure, decode again to name the field.
+    if let Ok(decoded) = T::deserialize(&value) {
+        return Ok(decoded);
+    }
     serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
         let field = (path != ".").then_some(path);
