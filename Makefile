@@ -8,7 +8,7 @@ EXAMPLE ?= examples/three-tier
 .PHONY: help bootstrap build demo test fmt lint unit bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 bootstrap: ## install what the build needs (idempotent)
 	@bash scripts/bootstrap.sh

@@ -1,0 +1,11 @@
+# Benchmarks of the policy model at cluster scale; method and results: docs/benchmarks.md.
+# Included from the top-level Makefile (which defines `bootstrap`). Extra arguments go to divan:
+#   make bench BENCH_ARGS=per_flow     only the per-flow evaluation benchmarks
+#   make bench BENCH_ARGS=--test       run every benchmark once, as a smoke test
+# FLOWGATE_BENCH_DUMP=DIR also writes the generated manifests to DIR (to try the CLI on them).
+CARGO ?= cargo
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: bootstrap ## policy model at 2,000 namespaces / 50,000 pods / 10,000 policies: load and evaluate
+	nice $(CARGO) bench --locked -p flowgate-policy --bench evaluate -- $(BENCH_ARGS)
