@@ -27,29 +27,39 @@ impl Manifests {
     }
 
     /// Reads one file's text. `source` names it in diagnostics. A syntax error loses only the
-    /// YAML document it is in; a rejected object loses only that object. Large inputs are parsed
-    /// and validated on all cores; objects are recorded in input order.
+    /// YAML document it is in; a rejected object loses only that object.
     pub fn add_text(&mut self, source: &str, text: &str) {
-        let docs = split_documents(text);
-        let parsed: Vec<Parsed> = if docs.len() < PARALLEL_FROM {
-            docs.iter()
-                .flat_map(|(line, doc)| parse_document(source, *line, doc))
+        self.add_texts(&[(source, text)]);
+    }
+
+    /// Reads several files' texts (source name, text), as from a manifests directory. Documents
+    /// are parsed and validated on all cores when there are many; objects are recorded in input
+    /// order, so a later definition replaces an earlier one exactly as file by file.
+    pub fn add_texts(&mut self, files: &[(&str, &str)]) {
+        let docs: Vec<(&str, usize, &str)> = files
+            .iter()
+            .flat_map(|(source, text)| {
+                split_documents(text)
+                    .into_iter()
+                    .map(move |(line, doc)| (*source, line, doc))
+            })
+            .collect();
+        let parse = |part: &[(&str, usize, &str)]| -> Vec<Parsed> {
+            part.iter()
+                .flat_map(|(source, line, doc)| parse_document(source, *line, doc))
                 .collect()
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(8);
+        let parsed: Vec<Parsed> = if docs.len() < PARALLEL_FROM || threads == 1 {
+            parse(&docs)
         } else {
-            let threads = std::thread::available_parallelism()
-                .map_or(1, std::num::NonZeroUsize::get)
-                .min(8);
             let chunk = docs.len().div_ceil(threads);
             std::thread::scope(|scope| {
                 let handles: Vec<_> = docs
                     .chunks(chunk)
-                    .map(|part| {
-                        scope.spawn(move || {
-                            part.iter()
-                                .flat_map(|(line, doc)| parse_document(source, *line, doc))
-                                .collect::<Vec<_>>()
-                        })
-                    })
+                    .map(|part| scope.spawn(move || parse(part)))
                     .collect();
                 handles
                     .into_iter()

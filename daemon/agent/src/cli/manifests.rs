@@ -51,6 +51,7 @@ pub fn load(args: &ManifestArgs) -> anyhow::Result<Loaded> {
 /// Like `load`, but leaves reporting errors and notices to the caller.
 pub fn load_silently(args: &ManifestArgs) -> anyhow::Result<Loaded> {
     let mut manifests = Manifests::new();
+    let mut texts: Vec<(String, String)> = Vec::new();
     for path in &args.manifests {
         let files = files_under(path)?;
         if files.is_empty() {
@@ -62,9 +63,15 @@ pub fn load_silently(args: &ManifestArgs) -> anyhow::Result<Loaded> {
         for file in files {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read manifest file {}", file.display()))?;
-            manifests.add_text(&file.display().to_string(), &text);
+            texts.push((file.display().to_string(), text));
         }
     }
+    // All files at once: large manifest sets are parsed on all cores.
+    let refs: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(s, t)| (s.as_str(), t.as_str()))
+        .collect();
+    manifests.add_texts(&refs);
     let cluster = Cluster::from_manifests(&mut manifests);
     Ok(Loaded { manifests, cluster })
 }
