@@ -75,6 +75,16 @@ impl Node {
     /// Loads the datapath and attaches it to every pod of the lab (inside the lab's node
     /// namespace). Nothing is enforced until the first `apply`.
     pub fn on_lab(lab: &Lab, mode: Mode, node_name: &str) -> Result<Self, NodeError> {
+        Self::on_lab_with(lab, mode, node_name, TcMode::Auto)
+    }
+
+    /// `on_lab` with a chosen attach mechanism (TCX, or the legacy clsact qdisc + filter).
+    pub fn on_lab_with(
+        lab: &Lab,
+        mode: Mode,
+        node_name: &str,
+        tc: TcMode,
+    ) -> Result<Self, NodeError> {
         let mut datapath = Datapath::load(&LoadOptions::default())?;
         let ring = datapath.take_events()?;
         let pods: Vec<(String, String, u32)> = lab
@@ -85,7 +95,7 @@ impl Node {
         let attached = lab.in_node(|| -> Result<Option<Attached>, DatapathError> {
             let mut how = None;
             for (_, ifname, _) in &pods {
-                how = Some(datapath.attach_pod_interface(ifname, TcMode::Auto)?);
+                how = Some(datapath.attach_pod_interface(ifname, tc)?);
             }
             Ok(how)
         })??;

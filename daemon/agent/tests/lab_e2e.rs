@@ -385,3 +385,47 @@ fn audit_mode_drops_nothing_and_reports_what_enforce_would_drop() {
     assert_eq!(audit[0].policy.isolated_by[0].name, "server-in");
     assert_eq!(audit[0].mode, flowgate_flows::record::Mode::Audit);
 }
+
+#[test]
+fn legacy_clsact_attach_enforces_the_same() {
+    require_root!();
+    let deny = cluster(DENY);
+    let lab = Lab::build(&LabSpec {
+        extra_ports: vec![(Protocol::Tcp, 7100)],
+        ..LabSpec::from_cluster(&deny)
+    })
+    .unwrap();
+    let mut node = Node::on_lab_with(
+        &lab,
+        Mode::Enforce,
+        "lab",
+        flowgate::datapath::TcMode::Netlink,
+    )
+    .unwrap();
+    assert_eq!(node.attached, Some(flowgate::datapath::Attached::Netlink));
+    node.apply(&cluster(ALLOW_7100)).unwrap();
+    assert_eq!(probe(&lab), Verdict::Allow);
+    node.apply(&deny).unwrap();
+    assert_eq!(
+        probe(&lab),
+        Verdict::Deny,
+        "the clsact filter enforces the new policy"
+    );
+    let qdisc = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.node_netns_name(),
+            "tc",
+            "qdisc",
+            "show",
+            "dev",
+            lab.host_ifname("app/server").unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&qdisc.stdout).contains("clsact"),
+        "attached through a clsact qdisc"
+    );
+}
