@@ -5,8 +5,11 @@
 
 pub mod decode;
 pub mod enrich;
+pub mod gap;
+pub mod pipeline;
 pub mod record;
 
 pub use decode::{DecodeError, decode};
 pub use enrich::{Enricher, Tables};
+pub use pipeline::{Fanout, Record, Sink};
 pub use record::FlowRecord;
