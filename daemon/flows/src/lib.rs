@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod enrich;
 pub mod gap;
+pub mod jsonl;
 pub mod pipeline;
 pub mod record;
 

@@ -17,7 +17,10 @@ use crate::record::{FlowRecord, Verdict};
 /// variants costs nothing per hop.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-#[allow(clippy::large_enum_variant, reason = "records are shared behind Arc, never moved by value in bulk")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "records are shared behind Arc, never moved by value in bulk"
+)]
 pub enum Record {
     Flow(FlowRecord),
     Gap(GapRecord),
