@@ -3,5 +3,7 @@
 
 pub mod cli;
 pub mod datapath;
+pub mod http;
 pub mod lab;
 pub mod node;
+pub mod otlp;
