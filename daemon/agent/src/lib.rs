@@ -5,5 +5,6 @@ pub mod cli;
 pub mod datapath;
 pub mod http;
 pub mod lab;
+pub mod metrics;
 pub mod node;
 pub mod otlp;

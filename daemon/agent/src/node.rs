@@ -37,6 +37,8 @@ pub struct ApplyStats {
 }
 
 pub struct Node {
+    /// Ring-buffer losses already reported (allow, deny, audit).
+    reported_lost: [u64; 3],
     datapath: Datapath,
     ring: RingBuf<MapData>,
     snapshot: Snapshot,
@@ -104,6 +106,7 @@ impl Node {
             .map(|(pod, _, ifindex)| LocalEndpoint { pod, ifindex })
             .collect();
         Ok(Self {
+            reported_lost: [0; 3],
             datapath,
             ring,
             snapshot: Snapshot::default(),
@@ -146,6 +149,43 @@ impl Node {
         let mut raw = Vec::new();
         events::drain(&mut self.ring, &mut raw, &mut self.reader);
         raw.iter().map(|ev| self.enricher.enrich(ev)).collect()
+    }
+
+    /// A gap record for ring-buffer losses since the last call (the kernel counts them per CPU
+    /// and verdict class), or `None` if nothing was lost.
+    pub fn ringbuf_gap(&mut self) -> Result<Option<flowgate_flows::gap::GapRecord>, NodeError> {
+        use flowgate_flows::gap::{GapRecord, LostCounts, Stage};
+        let now = self.datapath.lost_events()?;
+        let delta = [0, 1, 2].map(|i| now[i].saturating_sub(self.reported_lost[i]));
+        if delta.iter().all(|d| *d == 0) {
+            return Ok(None);
+        }
+        self.reported_lost = now;
+        let lost = LostCounts {
+            allow: delta[0],
+            deny: delta[1],
+            audit: delta[2],
+        };
+        let seq = self.enricher.next_seq();
+        let time = flowgate_flows::enrich::rfc3339(self.enricher_now());
+        Ok(Some(GapRecord::new(
+            time,
+            seq,
+            self.enricher.node(),
+            &Stage::Ringbuf,
+            lost,
+            None,
+        )))
+    }
+
+    fn enricher_now(&self) -> i128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
     }
 
     /// Ring-buffer reserve failures so far (allow, deny, audit).

@@ -145,6 +145,10 @@ impl Enricher {
         }
     }
 
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The next sequence number (records and gap/heartbeat records share it).
     pub fn next_seq(&mut self) -> u64 {
         self.seq += 1;

@@ -3,10 +3,13 @@
 //! tables of the policy generation the kernel decided with. No kernel, no cluster API here:
 //! tested with plain bytes and tables.
 
+pub mod compact;
 pub mod decode;
 pub mod enrich;
 pub mod gap;
 pub mod jsonl;
+pub mod metrics;
+pub mod ocsf;
 pub mod pipeline;
 pub mod record;
 

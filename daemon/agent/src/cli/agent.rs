@@ -3,18 +3,21 @@
 //! change (a malformed file is reported and the last good state stays in force), and streams
 //! one record per flow verdict on stdout. Kubernetes mode comes with the cluster-source work.
 
-use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use flowgate_flows::FlowRecord;
+use flowgate_flows::jsonl::{Filter, JsonlSink};
+use flowgate_flows::{Fanout, Record};
 use flowgate_policy::maps::Mode;
 use flowgate_policy::probe;
 
-use super::lab::{ModeArg, event_summary};
+use super::lab::ModeArg;
 use super::manifests::{self, ManifestArgs};
 use super::{Exit, is_root};
+use crate::http::{self, ApiState};
 use crate::lab::{Lab, LabProbe, LabSpec, ProbeEnd, install_interrupt_cleanup};
 use crate::node::Node;
 
@@ -62,6 +65,45 @@ pub struct Args {
     /// Name of this node in records.
     #[arg(long, default_value = "lab", env = "FLOWGATE_NODE_NAME")]
     pub node_name: String,
+
+    /// Only these verdicts on stdout (comma-separated: allow, deny, audit_deny; default all).
+    /// Gap records (reported losses) are always written.
+    #[arg(long, default_value = "", env = "FLOWGATE_LOG_FILTER")]
+    pub log_filter: String,
+
+    /// Also write JSON lines to this file, rotated by size.
+    #[arg(long, env = "FLOWGATE_JSONL_FILE")]
+    pub jsonl_file: Option<PathBuf>,
+
+    /// Rotate the JSON-lines file past this many bytes.
+    #[arg(long, default_value = "104857600", env = "FLOWGATE_JSONL_MAX_BYTES")]
+    pub jsonl_max_bytes: u64,
+
+    /// Rotated JSON-lines files to keep (file.1 .. file.N).
+    #[arg(long, default_value = "5", env = "FLOWGATE_JSONL_KEEP")]
+    pub jsonl_keep: usize,
+
+    /// Only these verdicts in the JSON-lines file (as --log-filter).
+    #[arg(long, default_value = "", env = "FLOWGATE_JSONL_FILTER")]
+    pub jsonl_filter: String,
+
+    /// Address of the HTTP API (/metrics, /healthz, /readyz, /v1/...). Anything but loopback
+    /// needs --api-token-file.
+    #[arg(long, default_value = "127.0.0.1:9090", env = "FLOWGATE_HTTP_ADDR")]
+    pub http_addr: std::net::SocketAddr,
+
+    /// File holding the bearer token /v1/* requires (mandatory off loopback).
+    #[arg(long, env = "FLOWGATE_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Records kept in memory for /v1/flows?last=N.
+    #[arg(long, default_value = "10000", env = "FLOWGATE_RECENT")]
+    pub recent: usize,
+
+    /// Queue length of each sink; a sink that falls further behind loses records (counted and
+    /// reported as gap records).
+    #[arg(long, default_value = "65536", env = "FLOWGATE_SINK_QUEUE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sink_queue: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,6 +112,8 @@ pub enum LogFormat {
     Json,
     /// One human-readable line per flow.
     Compact,
+    /// Write nothing on stdout (use the file, OTLP or HTTP sinks).
+    None,
 }
 
 /// A cheap fingerprint of the manifest files: paths, sizes and modification times.
@@ -94,50 +138,66 @@ fn fingerprint(args: &ManifestArgs) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-fn write_record(
-    out: &mut impl std::io::Write,
-    format: LogFormat,
-    record: &FlowRecord,
-) -> std::io::Result<()> {
-    match format {
-        LogFormat::Json => {
-            serde_json::to_writer(&mut *out, record).map_err(std::io::Error::other)?;
-            out.write_all(b"\n")
+/// Reads the API token, and refuses an API off loopback without one (before anything starts).
+fn api_token(args: &Args) -> anyhow::Result<Option<String>> {
+    let token = match &args.api_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --api-token-file {}", path.display()))?;
+            let token = text.trim().to_owned();
+            if token.len() < 16 {
+                bail!(
+                    "--api-token-file {}: the token must be at least 16 characters",
+                    path.display()
+                );
+            }
+            Some(token)
         }
-        LogFormat::Compact => {
-            let end = |e: &flowgate_flows::record::Endpoint| match (&e.namespace, &e.pod) {
-                (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
-                _ => e.ip.to_string(),
-            };
-            let port = record
-                .destination
-                .port
-                .map(|p| format!(":{p}"))
-                .unwrap_or_default();
-            let verdict = match record.verdict {
-                flowgate_flows::record::Verdict::Allow => "ALLOW",
-                flowgate_flows::record::Verdict::Deny => "DENY",
-                flowgate_flows::record::Verdict::AuditDeny => "AUDIT-DENY",
-            };
-            writeln!(
-                out,
-                "{} {:<10} {} -> {}{}/{}  by {}",
-                record.time.get(11..23).unwrap_or(&record.time),
-                verdict,
-                end(&record.source),
-                end(&record.destination),
-                port,
-                record.network.transport,
-                event_summary(record)
-            )
-        }
+        None => None,
+    };
+    if token.is_none() && !http::is_loopback(&args.http_addr) {
+        bail!(
+            "--http-addr {} is not loopback: /v1/* would be open to the network; give --api-token-file (or bind 127.0.0.1)",
+            args.http_addr
+        );
     }
+    Ok(token)
+}
+
+/// The sinks: stdout in the chosen format, the rotated file, the live stream / recent ring.
+fn sinks(args: &Args, api: &ApiState) -> anyhow::Result<Fanout> {
+    let mut fanout = Fanout::new(&args.node_name);
+    let queue = usize::try_from(args.sink_queue).unwrap_or(usize::MAX);
+    let stdout_filter =
+        Filter::parse(&args.log_filter).map_err(|e| anyhow::anyhow!("--log-filter: {e}"))?;
+    match args.log_format {
+        LogFormat::Json => fanout.add_sink(Box::new(JsonlSink::stdout(stdout_filter)), queue)?,
+        LogFormat::Compact => {
+            fanout.add_sink(
+                Box::new(
+                    JsonlSink::stdout(stdout_filter).with_format(flowgate_flows::compact::plain),
+                ),
+                queue,
+            )?;
+        }
+        LogFormat::None => {}
+    }
+    if let Some(path) = &args.jsonl_file {
+        let filter = Filter::parse(&args.jsonl_filter)
+            .map_err(|e| anyhow::anyhow!("--jsonl-filter: {e}"))?;
+        let sink = JsonlSink::file(path, args.jsonl_max_bytes, args.jsonl_keep, filter)
+            .with_context(|| format!("cannot open --jsonl-file {}", path.display()))?;
+        fanout.add_sink(Box::new(sink), queue)?;
+    }
+    fanout.add_sink(Box::new(api.stream_sink(args.recent)), queue)?;
+    Ok(fanout)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Exit> {
     if !args.lab {
         bail!("Kubernetes mode is not available yet: run the agent on a lab node with --lab");
     }
+    let token = api_token(args)?;
     if !is_root() {
         eprintln!(
             "error: flowgate agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for the lab); run it with sudo"
@@ -173,6 +233,34 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
             spec.extra_ports.push((f.protocol, port));
         }
     }
+
+    // The HTTP API first: a port that cannot be bound is a configuration error.
+    let metrics = crate::metrics::AgentMetrics::new();
+    let api = ApiState::new(metrics.text(), token);
+    let listener = std::net::TcpListener::bind(args.http_addr)
+        .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let router = http::router(api.clone());
+    runtime.spawn(async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => {
+                if let Err(e) = axum::serve(l, router).await {
+                    eprintln!("flowgate agent: HTTP server stopped: {e}");
+                }
+            }
+            Err(e) => eprintln!("flowgate agent: HTTP server failed to start: {e}"),
+        }
+    });
+    let fanout = sinks(args, &api)?;
+    let fanout = metrics.attach(
+        fanout,
+        usize::try_from(args.sink_queue).unwrap_or(usize::MAX),
+    )?;
+
     install_interrupt_cleanup().context("installing the Ctrl-C cleanup")?;
     let lab = Lab::build(&spec).context("building the lab node")?;
     let mut node = Node::on_lab(&lab, Mode::from(args.mode), &args.node_name)
@@ -180,8 +268,14 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
     let stats = node
         .apply(&loaded.cluster)
         .context("applying the policies")?;
+    metrics.applied(&stats, node.snapshot(), &loaded.cluster);
+    api.set_policy(
+        Arc::new(loaded.cluster.clone()),
+        Arc::new(node.snapshot().clone()),
+    );
+    api.ready.store(true, Ordering::Relaxed);
     eprintln!(
-        "flowgate agent: node {} ({} pods), mode {:?}, generation {} applied: {} map ops, {} policy cells, compile {:.1} ms, write {:.1} ms",
+        "flowgate agent: node {} ({} pods), mode {:?}, generation {} applied: {} map ops, {} policy cells, compile {:.1} ms, write {:.1} ms; API on http://{}",
         args.node_name,
         node.snapshot().endpoints.len(),
         node.mode(),
@@ -189,7 +283,8 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         stats.ops,
         stats.cells,
         stats.compile.as_secs_f64() * 1e3,
-        stats.write.as_secs_f64() * 1e3
+        stats.write.as_secs_f64() * 1e3,
+        args.http_addr
     );
     let probes: Vec<LabProbe> = flows
         .iter()
@@ -205,7 +300,7 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
             let (lab, probes, stop) = (&lab, &probes, &stop);
             let interval = Duration::from_millis(args.traffic_interval_ms);
             scope.spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let _ = lab.probe_all(probes, Duration::from_millis(500));
                     std::thread::sleep(interval);
                 }
@@ -214,23 +309,21 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         let result = (|| -> anyhow::Result<()> {
             let mut last = fingerprint(&args.manifests);
             let mut last_poll = Instant::now();
-            let stdout = std::io::stdout();
+            let mut last_loss_check = Instant::now();
             loop {
-                let records = node.drain();
-                let mut out = stdout.lock();
-                for r in &records {
+                for r in node.drain() {
                     *counts
                         .entry(format!("{:?}", r.verdict).to_lowercase())
                         .or_default() += 1;
-                    if let Err(e) = write_record(&mut out, args.log_format, r) {
-                        if e.kind() == std::io::ErrorKind::BrokenPipe {
-                            return Ok(());
-                        }
-                        return Err(e.into());
-                    }
+                    fanout.publish(Record::Flow(r));
                 }
-                out.flush()?;
-                drop(out);
+                if last_loss_check.elapsed() >= Duration::from_secs(1) {
+                    last_loss_check = Instant::now();
+                    if let Some(gap) = node.ringbuf_gap()? {
+                        fanout.publish(Record::Gap(gap));
+                    }
+                    metrics.sinks(&fanout.stats());
+                }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(());
                 }
@@ -239,30 +332,56 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
                     let now = fingerprint(&args.manifests);
                     if now != last {
                         last = now;
-                        reload(args, &mut node, &mut loaded);
+                        if let Some(stats) = reload(args, &mut node, &mut loaded) {
+                            metrics.applied(&stats, node.snapshot(), &loaded.cluster);
+                            api.set_policy(
+                                Arc::new(loaded.cluster.clone()),
+                                Arc::new(node.snapshot().clone()),
+                            );
+                        }
                     }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         })();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         result
     })?;
+    // A last loss report, then let every sink finish.
+    if let Some(gap) = node.ringbuf_gap()? {
+        fanout.publish(Record::Gap(gap));
+    }
+    let sink_stats = fanout.close();
     let lost = node.lost().unwrap_or_default();
     eprintln!(
-        "flowgate agent: stopped after {:.1} s; records {:?}; ring-buffer losses (allow, deny, audit) {:?}; undecodable records {}",
+        "flowgate agent: stopped after {:.1} s; records {:?}; ring-buffer losses (allow, deny, audit) {:?}; undecodable records {}; sinks {}",
         started.elapsed().as_secs_f64(),
         counts,
         lost,
-        node.reader.malformed
+        node.reader.malformed,
+        sink_stats
+            .iter()
+            .map(|s| format!(
+                "{} delivered {} lost {}",
+                s.name,
+                s.delivered,
+                s.lost.total()
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     drop(node);
     lab.teardown().context("removing the lab")?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(Exit::Ok)
 }
 
 /// Re-reads the manifests; applies them only if every object is valid.
-fn reload(args: &Args, node: &mut Node, loaded: &mut manifests::Loaded) {
+fn reload(
+    args: &Args,
+    node: &mut Node,
+    loaded: &mut manifests::Loaded,
+) -> Option<crate::node::ApplyStats> {
     match manifests::load(&args.manifests) {
         Ok(next) if next.has_errors() => {
             eprintln!(
@@ -280,6 +399,7 @@ fn reload(args: &Args, node: &mut Node, loaded: &mut manifests::Loaded) {
                     stats.write.as_secs_f64() * 1e3
                 );
                 *loaded = next;
+                return Some(stats);
             }
             Err(e) => eprintln!(
                 "flowgate agent: applying the changed manifests failed: {e:#}; the previous state stays"
@@ -289,4 +409,5 @@ fn reload(args: &Args, node: &mut Node, loaded: &mut manifests::Loaded) {
             eprintln!("flowgate agent: cannot read the manifests: {e:#}; keeping the current state")
         }
     }
+    None
 }
