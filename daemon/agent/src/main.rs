@@ -29,6 +29,7 @@ enum Command {
     Lint(cli::lint::Args),
     Lab(cli::lab::Args),
     Agent(cli::agent::Args),
+    Observe(cli::observe::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Lint(args) => cli::lint::run(&args),
         Command::Lab(args) => cli::lab::run(&args),
         Command::Agent(args) => cli::agent::run(&args),
+        Command::Observe(args) => cli::observe::run(&args),
     };
     match result {
         Ok(code) => code.into(),

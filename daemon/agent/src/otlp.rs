@@ -733,10 +733,11 @@ impl Worker {
         let records: Vec<SdkLogRecord> = batch.iter().map(|e| self.records.make(e)).collect();
         let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
             records.iter().map(|r| (r, &self.records.scope)).collect();
-        let sent = self.runtime.block_on(tokio::time::timeout(
-            timeout,
-            self.exporter.export(LogBatch::new(&refs)),
-        ));
+        let export = self.exporter.export(LogBatch::new(&refs));
+        // The timer must be made inside the runtime.
+        let sent = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, export).await });
         match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

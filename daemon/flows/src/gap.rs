@@ -1,12 +1,20 @@
 //! Loss made visible: `GapRecord`s say how many records a stage lost and which sequence
 //! numbers, so a consumer can prove its stream complete (received + reported lost = all).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::record::SCHEMA;
 
+fn schema() -> &'static str {
+    SCHEMA
+}
+
+fn gap() -> &'static str {
+    "gap"
+}
+
 /// Where records were lost.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// The kernel's ring buffer was full (counted per CPU by the datapath).
@@ -25,7 +33,7 @@ impl Stage {
 }
 
 /// Verdict classes losses are counted by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VerdictClass {
     Allow,
@@ -54,9 +62,11 @@ impl VerdictClass {
 }
 
 /// `record_type: "gap"`: records a stage lost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapRecord {
+    #[serde(skip_deserializing, default = "schema")]
     pub schema: &'static str,
+    #[serde(skip_deserializing, default = "gap")]
     pub record_type: &'static str,
     pub time: String,
     /// For a sink's gap: the last lost sequence number (so `seq` keeps increasing in that
@@ -68,11 +78,11 @@ pub struct GapRecord {
     /// Lost records per verdict class (`allow`, `deny`, `audit`).
     pub lost: LostCounts,
     /// The sequence numbers lost, when known (a sink's losses; the ring buffer's are unnumbered).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_seq: Option<SeqRange>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostCounts {
     pub allow: u64,
     pub deny: u64,
@@ -101,7 +111,7 @@ impl LostCounts {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqRange {
     pub first: u64,
     pub last: u64,

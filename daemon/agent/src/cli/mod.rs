@@ -6,6 +6,7 @@ pub mod explain;
 pub mod lab;
 pub mod lint;
 pub mod manifests;
+pub mod observe;
 pub mod verdicts;
 
 use std::io::Write as _;
