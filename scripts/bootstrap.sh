@@ -52,8 +52,9 @@ if [ "${have_linker}" != "${BPF_LINKER_VERSION}" ]; then
 fi
 
 # Debian packages: iproute2 for the lab's namespaces, iperf3 for the benchmarks,
-# nftables and iptables for the comparison benchmarks. `apt-get update` only when needed.
-APT_PACKAGES=(iproute2 iperf3 nftables iptables)
+# nftables and iptables for the comparison benchmarks, prometheus (and promtool) for the
+# scrape and alert-rule tests. `apt-get update` only when needed.
+APT_PACKAGES=(iproute2 iperf3 nftables iptables prometheus)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

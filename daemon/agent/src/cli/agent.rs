@@ -50,6 +50,10 @@ pub struct Args {
     #[arg(long, env = "FLOWGATE_TRAFFIC")]
     pub traffic: Option<PathBuf>,
 
+    /// Stop the traffic after this many rounds (default: until the agent stops).
+    #[arg(long, env = "FLOWGATE_TRAFFIC_ROUNDS")]
+    pub traffic_rounds: Option<u64>,
+
     /// Pause between two traffic rounds.
     #[arg(long, default_value = "1000", env = "FLOWGATE_TRAFFIC_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(10..))]
     pub traffic_interval_ms: u64,
@@ -299,9 +303,12 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         if !probes.is_empty() {
             let (lab, probes, stop) = (&lab, &probes, &stop);
             let interval = Duration::from_millis(args.traffic_interval_ms);
+            let rounds = args.traffic_rounds.unwrap_or(u64::MAX);
             scope.spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                let mut done = 0;
+                while !stop.load(Ordering::Relaxed) && done < rounds {
                     let _ = lab.probe_all(probes, Duration::from_millis(500));
+                    done += 1;
                     std::thread::sleep(interval);
                 }
             });
