@@ -594,6 +594,7 @@ mod tests {
             Some(1_795_888_800_500)
         );
         assert_eq!(epoch_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(epoch_ms("2026-11-28T18:00:00.5Z"), Some(1_795_888_800_500));
         assert_eq!(epoch_ms("2000-02-29T01:00:00+01:00"), Some(951_782_400_000));
         assert_eq!(epoch_ms("1969-12-31T23:59:59.999Z"), Some(-1));
         for bad in [
