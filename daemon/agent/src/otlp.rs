@@ -100,8 +100,10 @@
 //! with them, so every loss stays reported; its `lost_seq` spans the lost part of the stream.
 //! Counters: [`OtlpSink::stats`] / [`OtlpHandle::stats`].
 //!
-//! Dropping the sink (the pipeline drops it when its queue closes) exports what is left for at
-//! most [`OtlpConfig::shutdown_timeout`], then stops the export thread.
+//! Dropping the sink (the pipeline drops it when its queue closes) exports what is left until
+//! [`OtlpConfig::shutdown_timeout`] has passed since the drop (an export already under way may
+//! first run out its [`OtlpConfig::export_timeout`]), counts what could not be sent as dropped,
+//! and stops the export thread.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -335,7 +337,8 @@ struct State {
     refused: Loss,
     /// Set by `flush`: send what is buffered now.
     flush_requested: bool,
-    closing: bool,
+    /// Set when the sink is dropped: when that happened.
+    closing: Option<Instant>,
     /// When the oldest record not yet in a sent batch arrived.
     batch_started: Option<Instant>,
     /// Failed attempts of the batch at the head of the buffer.
@@ -387,7 +390,7 @@ impl OtlpHandle {
             if left.is_zero() {
                 return false;
             }
-            if !st.closing {
+            if st.closing.is_none() {
                 st.flush_requested = true;
                 self.shared.work.notify_one();
             }
@@ -405,6 +408,8 @@ impl OtlpHandle {
 #[derive(Debug)]
 pub struct OtlpSink {
     name: String,
+    /// The stage of the gap records that report refused records: `<name>_buffer`.
+    buffer_stage: String,
     node: String,
     capacity: usize,
     max_batch: usize,
@@ -454,6 +459,7 @@ impl OtlpSink {
             .name(format!("{}-export", config.name))
             .spawn(move || worker.run())?;
         Ok(Self {
+            buffer_stage: format!("{}_buffer", config.name),
             name: config.name,
             node: config.node_name,
             capacity,
@@ -482,7 +488,7 @@ impl OtlpSink {
     fn stop(&mut self) {
         {
             let mut st = self.shared.lock();
-            st.closing = true;
+            st.closing.get_or_insert_with(Instant::now);
             self.shared.work.notify_all();
         }
         if let Some(thread) = self.thread.take() {
@@ -506,12 +512,12 @@ impl Sink for OtlpSink {
     /// (counted; reported by a gap record before the next record taken) with an error.
     fn write(&mut self, record: &Record) -> std::io::Result<()> {
         let mut st = self.shared.lock();
-        if st.closing {
+        if st.closing.is_some() {
             return Err(std::io::Error::other("otlp sink stopped"));
         }
         let gap = st
             .refused
-            .gap(record.time(), &self.node, &format!("{}_buffer", self.name));
+            .gap(record.time(), &self.node, &self.buffer_stage);
         let needed = 1 + usize::from(gap.is_some());
         if st.buffer.len() + needed > self.capacity {
             st.refused.add(record);
@@ -564,6 +570,9 @@ impl Sink for OtlpSink {
 
 fn build_exporter(config: &OtlpConfig) -> Result<opentelemetry_otlp::LogExporter, OtlpError> {
     let build_err = |e: opentelemetry_otlp::ExporterBuildError| OtlpError::Build(e.to_string());
+    // The worker bounds every export with `export_timeout` itself; the exporter's own timeout
+    // is only a backstop, a little longer, so a timeout always reads the same in the stats.
+    let inner_timeout = config.export_timeout.saturating_add(Duration::from_secs(1));
     let mut exporter = match config.protocol {
         OtlpProtocol::Grpc => {
             let mut metadata = MetadataMap::with_capacity(config.headers.len());
@@ -577,7 +586,7 @@ fn build_exporter(config: &OtlpConfig) -> Result<opentelemetry_otlp::LogExporter
             opentelemetry_otlp::LogExporter::builder()
                 .with_tonic()
                 .with_endpoint(config.endpoint.clone())
-                .with_timeout(config.export_timeout)
+                .with_timeout(inner_timeout)
                 .with_metadata(metadata)
                 .with_retry_policy(RetryPolicy::disabled())
                 .build()
@@ -601,7 +610,7 @@ fn build_exporter(config: &OtlpConfig) -> Result<opentelemetry_otlp::LogExporter
                 .with_http()
                 .with_endpoint(endpoint)
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(config.export_timeout)
+                .with_timeout(inner_timeout)
                 .with_headers(config.headers.iter().cloned().collect::<HashMap<_, _>>())
                 .with_retry_policy(RetryPolicy::disabled())
                 .build()
@@ -695,13 +704,14 @@ impl Worker {
     fn next_batch(&self) -> Next {
         let mut st = self.shared.lock();
         loop {
-            if st.closing {
+            if st.closing.is_some() {
                 return Next::Close;
             }
             let now = Instant::now();
             let due_at = st.batch_started.map(|t| t + self.config.batch_delay);
             let ready = !st.buffer.is_empty()
                 && (st.flush_requested
+                    || st.attempts > 0
                     || st.buffer.len() >= self.max_batch
                     || due_at.is_none_or(|t| now >= t));
             let backoff = st.backoff_until.filter(|t| now < *t);
@@ -749,6 +759,8 @@ impl Worker {
     fn settle(&self, n: usize, result: Result<(), String>) {
         let mut st = self.shared.lock();
         let now = Instant::now();
+        // Only this thread takes records out, so the batch is still the head of the buffer.
+        let n = n.min(st.buffer.len());
         match result {
             Ok(()) => {
                 st.buffer.drain(..n);
@@ -800,7 +812,8 @@ impl Worker {
     /// On close: send what is left, one attempt per batch, within `shutdown_timeout`; what
     /// cannot be sent is counted as dropped.
     fn drain(&self) {
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let since = self.shared.lock().closing.unwrap_or_else(Instant::now);
+        let deadline = since + self.config.shutdown_timeout;
         loop {
             let batch: Vec<Entry> = {
                 let st = self.shared.lock();
@@ -815,8 +828,9 @@ impl Worker {
             let mut st = self.shared.lock();
             match result {
                 Ok(()) => {
-                    st.buffer.drain(..batch.len());
-                    st.stats.exported += batch.len() as u64;
+                    let n = batch.len().min(st.buffer.len());
+                    st.buffer.drain(..n);
+                    st.stats.exported += n as u64;
                     st.stats.export_batches += 1;
                 }
                 Err(e) => {

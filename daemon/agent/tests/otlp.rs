@@ -2,6 +2,13 @@
 //! (gRPC), a minimal OTLP/HTTP receiver (protobuf bodies decoded with the OTLP messages), and
 //! dead ones (a closed port, a listener that never answers). Loopback only.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
@@ -846,11 +853,13 @@ fn dead_collector_neither_blocks_nor_grows(endpoint: &str, protocol: OtlpProtoco
         }
         if seq % 100 == 0 {
             let _ = sink.flush();
+        }
+        slowest = slowest.max(t.elapsed());
+        if seq % 100 == 0 {
             max_buffered = max_buffered.max(handle.stats().buffered);
             // Spread the writes over about a second, so exports are attempted meanwhile.
             std::thread::sleep(Duration::from_millis(5));
         }
-        slowest = slowest.max(t.elapsed());
     }
     let writing = started.elapsed();
     assert!(
@@ -858,7 +867,9 @@ fn dead_collector_neither_blocks_nor_grows(endpoint: &str, protocol: OtlpProtoco
         "{protocol}: writes took {writing:?}"
     );
     assert!(
-        slowest < Duration::from_millis(250),
+        // Far below the export timeout (1 s): no call waits for an export. (Not tighter: on a
+        // loaded 2-core machine the export thread can be preempted while it holds the lock.)
+        slowest < Duration::from_millis(500),
         "{protocol}: slowest write/flush {slowest:?}"
     );
     let stats = handle.stats();
@@ -918,7 +929,7 @@ fn hung_collector_neither_blocks_nor_grows() {
             stats
                 .last_error
                 .as_deref()
-                .is_some_and(|e| e.to_lowercase().contains("time")),
+                .is_some_and(|e| e.contains("export timed out")),
             "{protocol}: {stats:?}"
         );
     }
