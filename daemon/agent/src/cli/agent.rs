@@ -20,6 +20,7 @@ use super::{Exit, is_root};
 use crate::http::{self, ApiState};
 use crate::lab::{Lab, LabProbe, LabSpec, ProbeEnd, install_interrupt_cleanup};
 use crate::node::Node;
+use crate::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, parse_headers};
 
 /// Run the flowgate node agent: enforce NetworkPolicy with eBPF and report every verdict.
 ///
@@ -104,6 +105,28 @@ pub struct Args {
     #[arg(long, default_value = "10000", env = "FLOWGATE_RECENT")]
     pub recent: usize,
 
+    /// Send every record as an OTLP log record to this collector (e.g. http://127.0.0.1:4317
+    /// for gRPC, http://127.0.0.1:4318 for HTTP). Plain HTTP only: use a node-local collector.
+    #[arg(long, env = "FLOWGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: grpc or http/protobuf.
+    #[arg(long, default_value = "grpc", env = "FLOWGATE_OTLP_PROTOCOL")]
+    pub otlp_protocol: String,
+
+    /// Extra OTLP headers, `key=value,key2=value2` (as OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long, env = "FLOWGATE_OTLP_HEADERS")]
+    pub otlp_headers: Option<String>,
+
+    /// Format of the JSON-lines file: json (flowgate.flow/v1) or ocsf (OCSF Network Activity).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "json",
+        env = "FLOWGATE_JSONL_FORMAT"
+    )]
+    pub jsonl_format: LineFormat,
+
     /// Queue length of each sink; a sink that falls further behind loses records (counted and
     /// reported as gap records).
     #[arg(long, default_value = "65536", env = "FLOWGATE_SINK_QUEUE", value_parser = clap::value_parser!(u64).range(1..))]
@@ -116,8 +139,22 @@ pub enum LogFormat {
     Json,
     /// One human-readable line per flow.
     Compact,
+    /// One OCSF Network Activity (class 4001) JSON object per line; see docs/siem-mappings.md.
+    Ocsf,
     /// Write nothing on stdout (use the file, OTLP or HTTP sinks).
     None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LineFormat {
+    /// The flowgate.flow/v1 record.
+    Json,
+    /// OCSF Network Activity.
+    Ocsf,
+}
+
+fn ocsf_line(record: &Record) -> String {
+    flowgate_flows::ocsf::to_ocsf(record).to_string()
 }
 
 /// A cheap fingerprint of the manifest files: paths, sizes and modification times.
@@ -184,13 +221,36 @@ fn sinks(args: &Args, api: &ApiState) -> anyhow::Result<Fanout> {
                 queue,
             )?;
         }
+        LogFormat::Ocsf => {
+            fanout.add_sink(
+                Box::new(JsonlSink::stdout(stdout_filter).with_format(ocsf_line)),
+                queue,
+            )?;
+        }
         LogFormat::None => {}
     }
     if let Some(path) = &args.jsonl_file {
         let filter = Filter::parse(&args.jsonl_filter)
             .map_err(|e| anyhow::anyhow!("--jsonl-filter: {e}"))?;
-        let sink = JsonlSink::file(path, args.jsonl_max_bytes, args.jsonl_keep, filter)
+        let mut sink = JsonlSink::file(path, args.jsonl_max_bytes, args.jsonl_keep, filter)
             .with_context(|| format!("cannot open --jsonl-file {}", path.display()))?;
+        if args.jsonl_format == LineFormat::Ocsf {
+            sink = sink.with_format(ocsf_line);
+        }
+        fanout.add_sink(Box::new(sink), queue)?;
+    }
+    if let Some(endpoint) = &args.otlp_endpoint {
+        let protocol: OtlpProtocol = args
+            .otlp_protocol
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--otlp-protocol: {e}"))?;
+        let mut config = OtlpConfig::new(endpoint, protocol, &args.node_name);
+        if let Some(h) = &args.otlp_headers {
+            config.headers =
+                parse_headers(h).map_err(|e| anyhow::anyhow!("--otlp-headers: {e}"))?;
+        }
+        let sink = OtlpSink::new(config)
+            .map_err(|e| anyhow::anyhow!("--otlp-endpoint {endpoint}: {e}"))?;
         fanout.add_sink(Box::new(sink), queue)?;
     }
     fanout.add_sink(Box::new(api.stream_sink(args.recent)), queue)?;
