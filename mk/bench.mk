@@ -9,3 +9,11 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: bootstrap ## policy model at 2,000 namespaces / 50,000 pods / 10,000 policies: load and evaluate
 	nice $(CARGO) bench --locked -p flowgate-policy --bench evaluate -- $(BENCH_ARGS)
+
+.PHONY: bench-events
+bench-events: bootstrap ## event path (root): kernel ring buffer -> fan-out -> JSON lines at 100k-1M events/s; RSS at a 100k ring
+	nice $(CARGO) bench --locked -p flowgate --bench event_path
+
+.PHONY: bench-flows
+bench-flows: bootstrap ## flow records: decode + enrich + serialize per record on one core
+	nice $(CARGO) bench --locked -p flowgate-flows --bench records
