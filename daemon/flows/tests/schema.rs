@@ -242,7 +242,7 @@ impl Node {
             count,
             src_port: e.ports.0,
             dst_port: e.ports.1,
-            _pad: [0; 4],
+            bytes: 0,
             src_addr: mapped(src),
             dst_addr: mapped(dst),
             timestamp_ns: self.clock,
@@ -1172,7 +1172,7 @@ fn check_flow_rules(case: &str, f: &flowgate_flows::FlowRecord, event: &Value) {
         },
         "{case}: boundary"
     );
-    let (num, name) = match f.network.transport.as_str() {
+    let (num, name) = match &*f.network.transport {
         "tcp" => (json!(6), json!("tcp")),
         "udp" => (json!(17), json!("udp")),
         "sctp" => (json!(132), json!("sctp")),

@@ -18,7 +18,7 @@
 use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; carried in every event.
-pub const ABI_VERSION: u8 = 1;
+pub const ABI_VERSION: u8 = 2;
 
 /// Map names, as in the eBPF object.
 pub mod maps {
@@ -257,7 +257,8 @@ pub struct FlowEvent {
     pub count: u32,
     pub src_port: u16,
     pub dst_port: u16,
-    pub _pad: [u8; 4],
+    /// Bytes (IP packet lengths as the interface saw them) of the packets this event stands for.
+    pub bytes: u32,
     /// IPv6, or IPv4 mapped (`::ffff:a.b.c.d`).
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
@@ -330,7 +331,8 @@ pub struct DedupValue {
     pub last_emit_ns: u64,
     /// Packets denied since the last event.
     pub pending: u32,
-    pub _pad: u32,
+    /// Their bytes.
+    pub pending_bytes: u32,
 }
 
 const _: () = assert!(size_of::<PolicyKeyData>() == 12);

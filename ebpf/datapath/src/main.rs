@@ -65,6 +65,7 @@ static FG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 static FG_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
+const ETH_HLEN_U32: u32 = 14;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const ETH_P_IP: u16 = 0x0800;
@@ -95,6 +96,8 @@ pub fn fg_to_pod(ctx: TcContext) -> i32 {
 /// The parsed packet; only plain scalars, so it survives helper calls on the stack.
 struct Packet {
     ifindex: u32,
+    /// IP packet length (the skb's length without the Ethernet header).
+    len: u32,
     src: [u8; 16],
     dst: [u8; 16],
     src_port: u16,
@@ -205,7 +208,7 @@ fn decide(ctx: &TcContext, dir: u8) -> i32 {
     );
     if d.allow {
         track(&key, &ep, dir, verdict::ALLOW);
-        emit(&ep, dir, &pkt, verdict::ALLOW, &d, 1, 0, 0);
+        emit(&ep, dir, &pkt, verdict::ALLOW, &d, (1, pkt.len), 0, 0);
         return TC_ACT_OK;
     }
     if pkt.kind == KIND_FRAGMENT_UNKNOWN {
@@ -213,7 +216,7 @@ fn decide(ctx: &TcContext, dir: u8) -> i32 {
     }
     if audit {
         track(&key, &ep, dir, verdict::AUDIT_DENY);
-        emit(&ep, dir, &pkt, verdict::AUDIT_DENY, &d, 1, 0, 0);
+        emit(&ep, dir, &pkt, verdict::AUDIT_DENY, &d, (1, pkt.len), 0, 0);
         return TC_ACT_OK;
     }
     deny(&ep, dir, &pkt, &mut key, &d, 0);
@@ -255,7 +258,16 @@ fn recheck(
     };
     if audit {
         track(ct_key, ep, dir, verdict::AUDIT_DENY);
-        emit(ep, dir, pkt, verdict::AUDIT_DENY, &d, 1, 0, flags);
+        emit(
+            ep,
+            dir,
+            pkt,
+            verdict::AUDIT_DENY,
+            &d,
+            (1, pkt.len),
+            0,
+            flags,
+        );
         return TC_ACT_OK;
     }
     let _ = FG_CONNTRACK.remove(&*ct_key);
@@ -337,12 +349,19 @@ fn deny(ep: &EndpointInfo, dir: u8, pkt: &Packet, key: &mut CtKey, d: &Decision,
         Some(state) => {
             // SAFETY: a valid map value pointer; plain integer fields; races between CPUs can
             // only merge two counts into one event, never lose the event.
-            let (last, pending) = unsafe { ((*state).last_emit_ns, (*state).pending + 1) };
+            let (last, pending, bytes) = unsafe {
+                (
+                    (*state).last_emit_ns,
+                    (*state).pending + 1,
+                    (*state).pending_bytes.saturating_add(pkt.len),
+                )
+            };
             if now.wrapping_sub(last) >= DENY_WINDOW_NS {
                 // SAFETY: as above.
                 unsafe {
                     (*state).last_emit_ns = now;
                     (*state).pending = 0;
+                    (*state).pending_bytes = 0;
                 }
                 emit(
                     ep,
@@ -350,13 +369,16 @@ fn deny(ep: &EndpointInfo, dir: u8, pkt: &Packet, key: &mut CtKey, d: &Decision,
                     pkt,
                     verdict::DENY,
                     d,
-                    pending,
+                    (pending, bytes),
                     last,
                     flags | event_flags::DEDUPLICATED,
                 );
             } else {
                 // SAFETY: as above.
-                unsafe { (*state).pending = pending };
+                unsafe {
+                    (*state).pending = pending;
+                    (*state).pending_bytes = bytes;
+                }
             }
         }
         None => {
@@ -364,10 +386,10 @@ fn deny(ep: &EndpointInfo, dir: u8, pkt: &Packet, key: &mut CtKey, d: &Decision,
                 first_ns: now,
                 last_emit_ns: now,
                 pending: 0,
-                _pad: 0,
+                pending_bytes: 0,
             };
             let _ = FG_DENY_DEDUP.insert(dkey, &value, 0);
-            emit(ep, dir, pkt, verdict::DENY, d, 1, now, flags);
+            emit(ep, dir, pkt, verdict::DENY, d, (1, pkt.len), now, flags);
         }
     }
 }
@@ -383,7 +405,7 @@ fn emit(
     pkt: &Packet,
     v: u8,
     d: &Decision,
-    count: u32,
+    (count, bytes): (u32, u32),
     first_ns: u64,
     flags: u8,
 ) {
@@ -420,7 +442,7 @@ fn emit(
         (*ev).attribution = d.attribution;
         (*ev).identity = d.identity;
         (*ev).count = count;
-        (*ev)._pad = [0; 4];
+        (*ev).bytes = bytes;
         if reversed {
             (*ev).src_port = pkt.dst_port;
             (*ev).dst_port = pkt.src_port;
@@ -444,6 +466,7 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
     let ether_type = u16::from_be(ctx.load::<u16>(12).ok()?);
     let mut pkt = Packet {
         ifindex,
+        len: ctx.len().saturating_sub(ETH_HLEN_U32),
         src: [0; 16],
         dst: [0; 16],
         src_port: 0,
