@@ -891,6 +891,11 @@ fn int(v: u64) -> AnyValue {
     AnyValue::Int(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
+/// A name shared with the record (no copy).
+fn shared(s: &Arc<str>) -> AnyValue {
+    AnyValue::String(Arc::clone(s).into())
+}
+
 fn strings(v: impl IntoIterator<Item = String>) -> AnyValue {
     AnyValue::ListAny(Box::new(v.into_iter().map(AnyValue::from).collect()))
 }
@@ -917,8 +922,8 @@ fn flow_fields(f: &FlowRecord) -> LogFields {
         Reporter::Dst => &f.destination,
     };
     if let (Some(ns), Some(pod)) = (&local.namespace, &local.pod) {
-        a.push(("k8s.namespace.name", ns.clone().into()));
-        a.push(("k8s.pod.name", pod.clone().into()));
+        a.push(("k8s.namespace.name", shared(ns)));
+        a.push(("k8s.pod.name", shared(pod)));
     }
     a.push(("flowgate.record_type", label(&f.record_type).into()));
     a.push(("flowgate.schema", f.schema.into()));
@@ -959,7 +964,10 @@ fn flow_fields(f: &FlowRecord) -> LogFields {
     a.push(("flowgate.packets", int(f.counters.packets)));
     a.push(("flowgate.dedup_count", int(f.counters.dedup_count)));
     if !f.tags.is_empty() {
-        a.push(("flowgate.tags", strings(f.tags.iter().cloned())));
+        a.push((
+            "flowgate.tags",
+            strings(f.tags.iter().map(|t| t.to_string())),
+        ));
     }
     let (severity, severity_text) = match f.verdict {
         Verdict::Allow => (Severity::Info, "INFO"),
@@ -994,10 +1002,10 @@ fn endpoint_fields(a: &mut Vec<(&'static str, AnyValue)>, e: &Endpoint, keys: En
     let [kind, namespace, pod, scope] = keys;
     a.push((kind, label(&e.kind).into()));
     if let Some(ns) = &e.namespace {
-        a.push((namespace, ns.clone().into()));
+        a.push((namespace, shared(ns)));
     }
     if let Some(p) = &e.pod {
-        a.push((pod, p.clone().into()));
+        a.push((pod, shared(p)));
     }
     if let Some(s) = &e.scope {
         a.push((scope, label(s).into()));

@@ -222,7 +222,11 @@ fn prometheus_scrapes_exactly_the_verdicts_the_agent_reported() {
                     );
                     (
                         key,
-                        s["value"][1].as_str().unwrap().parse::<u64>().expect("integral counter values"),
+                        s["value"][1]
+                            .as_str()
+                            .unwrap()
+                            .parse::<u64>()
+                            .expect("integral counter values"),
                     )
                 })
                 .collect();

@@ -38,7 +38,7 @@ fn pod(ip: &str, port: Option<u16>, ns: &str, name: &str) -> Endpoint {
         kind: EndpointKind::Pod,
         namespace: Some(ns.into()),
         pod: Some(name.into()),
-        labels: BTreeMap::from([("app".into(), name.into())]),
+        labels: BTreeMap::from([("app".into(), name.into())]).into(),
         scope: None,
     }
 }
@@ -51,7 +51,7 @@ fn external(ip: &str, port: Option<u16>) -> Endpoint {
         kind: EndpointKind::External,
         namespace: None,
         pod: None,
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         scope: Some(flowgate_flows::enrich::scope(ip)),
     }
 }
@@ -100,7 +100,7 @@ fn flow(seq: u64, verdict: Verdict, direction: Direction, src: Endpoint, dst: En
     Record::Flow(FlowRecord {
         schema: SCHEMA,
         record_type: RecordType::Flow,
-        time: time(i128::from(seq) * 250),
+        time: time(i128::from(seq) * 250).into(),
         seq,
         node: "node-a".into(),
         verdict,
@@ -121,15 +121,15 @@ fn flow(seq: u64, verdict: Verdict, direction: Direction, src: Endpoint, dst: En
         },
         policy: PolicyInfo {
             generation: 7,
-            allowed_by,
-            isolated_by,
+            allowed_by: allowed_by.into(),
+            isolated_by: isolated_by.into(),
             unresolved: false,
         },
         counters: Counters {
             packets: if verdict == Verdict::Deny { 3 } else { 1 },
             dedup_count: if verdict == Verdict::Deny { 2 } else { 0 },
-            first_seen: time(0),
-            last_seen: time(i128::from(seq) * 250),
+            first_seen: time(0).into(),
+            last_seen: time(i128::from(seq) * 250).into(),
         },
         tags: Vec::new(),
     })

@@ -2,52 +2,57 @@
 //! the isolating policies with the lookup tables of the generation the kernel decided with (a
 //! later policy edit never rewrites history), converts kernel time to wall-clock time, and
 //! numbers records per node.
+//!
+//! Per event this allocates only the time strings (and tags, rarely): names, labels and
+//! attribution lists are built once per generation and shared with the records (`Arc`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 use flowgate_abi::{DIR_EGRESS, FlowEvent, event_flags, reason, verdict};
 use flowgate_policy::Cluster;
 use flowgate_policy::compile::Snapshot;
-use flowgate_policy::model::Labels;
 
 use crate::record::{
     Counters, Direction, Endpoint, EndpointKind, FlowRecord, Mode, Network, PolicyInfo, PolicyRef,
-    Reason, RecordType, Reporter, RuleRef, SCHEMA, Scope, Verdict,
+    Reason, RecordType, Reporter, RuleRef, SCHEMA, Scope, SharedLabels, Verdict,
 };
 
 /// A local pod the datapath reports for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalInfo {
-    pub namespace: String,
-    pub pod: String,
-    pub labels: Labels,
-    pub isolated_by_ingress: Vec<PolicyRef>,
-    pub isolated_by_egress: Vec<PolicyRef>,
+    pub namespace: Arc<str>,
+    pub pod: Arc<str>,
+    pub labels: SharedLabels,
+    pub isolated_by_ingress: Arc<[PolicyRef]>,
+    pub isolated_by_egress: Arc<[PolicyRef]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
-    pub namespace: String,
-    pub pod: String,
-    pub labels: Labels,
+    pub namespace: Arc<str>,
+    pub pod: Arc<str>,
+    pub labels: SharedLabels,
 }
 
-/// What one policy generation needs to explain its events.
+/// What one policy generation needs to explain its events. The values are shared with the
+/// records enriched from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
     pub generation: u32,
     pub mode: Mode,
     /// By endpoint id.
     pub endpoints: HashMap<u32, LocalInfo>,
-    pub attributions: HashMap<u32, Vec<RuleRef>>,
+    pub attributions: HashMap<u32, Arc<[RuleRef]>>,
     pub pods_by_ip: HashMap<IpAddr, PodInfo>,
 }
 
 impl Tables {
     /// The tables of a compiled snapshot of a cluster.
     pub fn from_snapshot(cluster: &Cluster, snap: &Snapshot, mode: Mode) -> Self {
-        let policy_refs = |refs: &[flowgate_policy::PolicyRef]| -> Vec<PolicyRef> {
+        let policy_refs = |refs: &[flowgate_policy::PolicyRef]| -> Arc<[PolicyRef]> {
             refs.iter()
                 .map(|p| PolicyRef {
                     namespace: p.namespace.clone(),
@@ -55,19 +60,39 @@ impl Tables {
                 })
                 .collect()
         };
+        // One shared value per pod (all of its IPs and its endpoint use it).
+        let mut pods: HashMap<(&str, &str), PodInfo> = HashMap::new();
+        let mut pods_by_ip = HashMap::new();
+        for (_, pod) in cluster.pods() {
+            let info = PodInfo {
+                namespace: Arc::from(pod.namespace.as_str()),
+                pod: Arc::from(pod.name.as_str()),
+                labels: Arc::new(pod.labels.clone()),
+            };
+            if !pod.host_network {
+                for ip in &pod.ips {
+                    pods_by_ip.insert(*ip, info.clone());
+                }
+            }
+            pods.insert((pod.namespace.as_str(), pod.name.as_str()), info);
+        }
         let mut endpoints = HashMap::new();
         for state in snap.endpoints.values() {
             let (namespace, pod) = state.pod.split_once('/').unwrap_or(("", &state.pod));
-            let labels = cluster
-                .pod_by_name(namespace, pod)
-                .map(|id| cluster.pod(id).labels.clone())
-                .unwrap_or_default();
+            let info = match pods.get(&(namespace, pod)) {
+                Some(info) => info.clone(),
+                None => PodInfo {
+                    namespace: Arc::from(namespace),
+                    pod: Arc::from(pod),
+                    labels: SharedLabels::default(),
+                },
+            };
             endpoints.insert(
                 state.endpoint_id,
                 LocalInfo {
-                    namespace: namespace.to_owned(),
-                    pod: pod.to_owned(),
-                    labels,
+                    namespace: info.namespace,
+                    pod: info.pod,
+                    labels: info.labels,
                     isolated_by_ingress: policy_refs(&state.ingress.isolated_by),
                     isolated_by_egress: policy_refs(&state.egress.isolated_by),
                 },
@@ -90,20 +115,6 @@ impl Tables {
                 (*id, refs)
             })
             .collect();
-        let mut pods_by_ip = HashMap::new();
-        for (_, pod) in cluster.pods() {
-            if pod.host_network {
-                continue;
-            }
-            for ip in &pod.ips {
-                let info = PodInfo {
-                    namespace: pod.namespace.clone(),
-                    pod: pod.name.clone(),
-                    labels: pod.labels.clone(),
-                };
-                pods_by_ip.insert(*ip, info);
-            }
-        }
         Self {
             generation: snap.generation,
             mode,
@@ -119,20 +130,29 @@ pub const HISTORY: usize = 32;
 
 #[derive(Debug)]
 pub struct Enricher {
-    node: String,
+    node: Arc<str>,
     history: VecDeque<Tables>,
     seq: u64,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC (the kernel's bpf_ktime_get_ns), in ns.
     realtime_offset_ns: i128,
+    clock: Clock,
+    /// Shared empty values, so records without labels or attribution allocate nothing.
+    no_labels: SharedLabels,
+    no_rules: Arc<[RuleRef]>,
+    no_policies: Arc<[PolicyRef]>,
 }
 
 impl Enricher {
     pub fn new(node: &str, realtime_offset_ns: i128) -> Self {
         Self {
-            node: node.to_owned(),
+            node: Arc::from(node),
             history: VecDeque::new(),
             seq: 0,
             realtime_offset_ns,
+            clock: Clock::default(),
+            no_labels: Arc::new(BTreeMap::new()),
+            no_rules: Arc::from(Vec::new()),
+            no_policies: Arc::from(Vec::new()),
         }
     }
 
@@ -166,35 +186,34 @@ impl Enricher {
         let dst_ip = addr(ev.dst_addr, ev.ip_version);
         let egress = ev.direction == DIR_EGRESS;
         let has_ports = !matches!(ev.proto, 1 | 58);
-        let port = |p: u16| has_ports.then_some(p);
         let local = tables.and_then(|t| t.endpoints.get(&ev.endpoint_id));
+        let no_labels = &self.no_labels;
         let endpoint = |ip: IpAddr, p: u16, is_local: bool| -> Endpoint {
             let pod = if is_local {
-                local.map(|l| PodInfo {
-                    namespace: l.namespace.clone(),
-                    pod: l.pod.clone(),
-                    labels: l.labels.clone(),
-                })
+                local.map(|l| (&l.namespace, &l.pod, &l.labels))
             } else {
-                tables.and_then(|t| t.pods_by_ip.get(&ip)).cloned()
+                tables
+                    .and_then(|t| t.pods_by_ip.get(&ip))
+                    .map(|p| (&p.namespace, &p.pod, &p.labels))
             };
+            let port = has_ports.then_some(p);
             match pod {
-                Some(p2) => Endpoint {
+                Some((namespace, pod, labels)) => Endpoint {
                     ip,
-                    port: port(p),
+                    port,
                     kind: EndpointKind::Pod,
-                    namespace: Some(p2.namespace),
-                    pod: Some(p2.pod),
-                    labels: p2.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                    namespace: Some(Arc::clone(namespace)),
+                    pod: Some(Arc::clone(pod)),
+                    labels: Arc::clone(labels),
                     scope: None,
                 },
                 None => Endpoint {
                     ip,
-                    port: port(p),
+                    port,
                     kind: EndpointKind::External,
                     namespace: None,
                     pod: None,
-                    labels: BTreeMap::new(),
+                    labels: Arc::clone(no_labels),
                     scope: Some(scope(ip)),
                 },
             }
@@ -214,45 +233,44 @@ impl Enricher {
             reason::FRAGMENT_UNKNOWN => Reason::FragmentUnknown,
             _ => Reason::Unknown,
         };
-        let allowed_by = if ev.attribution != 0 {
+        let allowed_by = Arc::clone(
             tables
+                .filter(|_| ev.attribution != 0)
                 .and_then(|t| t.attributions.get(&ev.attribution))
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let isolated_by = if v == Verdict::Allow {
-            Vec::new()
-        } else {
-            local
-                .map(|l| {
-                    if egress {
-                        l.isolated_by_egress.clone()
-                    } else {
-                        l.isolated_by_ingress.clone()
-                    }
-                })
-                .unwrap_or_default()
-        };
+                .unwrap_or(&self.no_rules),
+        );
+        let isolated_by = Arc::clone(local.filter(|_| v != Verdict::Allow).map_or(
+            &self.no_policies,
+            |l| {
+                if egress {
+                    &l.isolated_by_egress
+                } else {
+                    &l.isolated_by_ingress
+                }
+            },
+        ));
         let mut tags = Vec::new();
         if egress
             && destination.kind == EndpointKind::External
             && destination.scope == Some(Scope::Public)
         {
-            tags.push("egress_to_world".to_owned());
+            tags.push(Cow::Borrowed("egress_to_world"));
         }
         if ev.flags & event_flags::RECHECK != 0 {
-            tags.push("recheck".to_owned());
+            tags.push(Cow::Borrowed("recheck"));
         }
-        let time = rfc3339(self.wall(ev.timestamp_ns));
-        let first = rfc3339(self.wall(ev.first_ns));
+        let time = self.clock.format(self.wall(ev.timestamp_ns));
+        let first = if ev.first_ns == ev.timestamp_ns {
+            Arc::clone(&time)
+        } else {
+            self.clock.format(self.wall(ev.first_ns))
+        };
         FlowRecord {
             schema: SCHEMA,
             record_type: RecordType::Flow,
-            time: time.clone(),
+            time: Arc::clone(&time),
             seq,
-            node: self.node.clone(),
+            node: Arc::clone(&self.node),
             verdict: v,
             mode: tables.map_or(Mode::Enforce, |t| t.mode),
             reason: r,
@@ -267,7 +285,7 @@ impl Enricher {
             network: Network {
                 transport: transport(ev.proto),
                 ip_version: ev.ip_version,
-                tcp_flags: (ev.proto == 6).then(|| tcp_flags(ev.tcp_flags)),
+                tcp_flags: (ev.proto == 6).then(|| Cow::Borrowed(tcp_flag_names(ev.tcp_flags))),
             },
             policy: PolicyInfo {
                 generation: ev.generation,
@@ -298,17 +316,91 @@ fn addr(bytes: [u8; 16], ip_version: u8) -> IpAddr {
     }
 }
 
-fn transport(proto: u8) -> String {
+fn transport(proto: u8) -> Cow<'static, str> {
     match proto {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        132 => "sctp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        other => other.to_string(),
+        6 => Cow::Borrowed("tcp"),
+        17 => Cow::Borrowed("udp"),
+        132 => Cow::Borrowed("sctp"),
+        1 => Cow::Borrowed("icmp"),
+        58 => Cow::Borrowed("icmpv6"),
+        other => Cow::Owned(other.to_string()),
     }
 }
 
+/// `tcp_flags(f)` for every combination of the six named flags (the index is `flags & 0x3f`).
+const TCP_FLAG_NAMES: [&str; 64] = [
+    "",
+    "FIN",
+    "SYN",
+    "SYN|FIN",
+    "RST",
+    "FIN|RST",
+    "SYN|RST",
+    "SYN|FIN|RST",
+    "PSH",
+    "FIN|PSH",
+    "SYN|PSH",
+    "SYN|FIN|PSH",
+    "RST|PSH",
+    "FIN|RST|PSH",
+    "SYN|RST|PSH",
+    "SYN|FIN|RST|PSH",
+    "ACK",
+    "ACK|FIN",
+    "SYN|ACK",
+    "SYN|ACK|FIN",
+    "ACK|RST",
+    "ACK|FIN|RST",
+    "SYN|ACK|RST",
+    "SYN|ACK|FIN|RST",
+    "ACK|PSH",
+    "ACK|FIN|PSH",
+    "SYN|ACK|PSH",
+    "SYN|ACK|FIN|PSH",
+    "ACK|RST|PSH",
+    "ACK|FIN|RST|PSH",
+    "SYN|ACK|RST|PSH",
+    "SYN|ACK|FIN|RST|PSH",
+    "URG",
+    "FIN|URG",
+    "SYN|URG",
+    "SYN|FIN|URG",
+    "RST|URG",
+    "FIN|RST|URG",
+    "SYN|RST|URG",
+    "SYN|FIN|RST|URG",
+    "PSH|URG",
+    "FIN|PSH|URG",
+    "SYN|PSH|URG",
+    "SYN|FIN|PSH|URG",
+    "RST|PSH|URG",
+    "FIN|RST|PSH|URG",
+    "SYN|RST|PSH|URG",
+    "SYN|FIN|RST|PSH|URG",
+    "ACK|URG",
+    "ACK|FIN|URG",
+    "SYN|ACK|URG",
+    "SYN|ACK|FIN|URG",
+    "ACK|RST|URG",
+    "ACK|FIN|RST|URG",
+    "SYN|ACK|RST|URG",
+    "SYN|ACK|FIN|RST|URG",
+    "ACK|PSH|URG",
+    "ACK|FIN|PSH|URG",
+    "SYN|ACK|PSH|URG",
+    "SYN|ACK|FIN|PSH|URG",
+    "ACK|RST|PSH|URG",
+    "ACK|FIN|RST|PSH|URG",
+    "SYN|ACK|RST|PSH|URG",
+    "SYN|ACK|FIN|RST|PSH|URG",
+];
+
+/// The names of the set flags among SYN, ACK, FIN, RST, PSH and URG, joined by `|`.
+fn tcp_flag_names(flags: u8) -> &'static str {
+    TCP_FLAG_NAMES[usize::from(flags & 0x3f)]
+}
+
+#[cfg(test)]
 fn tcp_flags(flags: u8) -> String {
     const NAMES: [(u8, &str); 6] = [
         (0x02, "SYN"),
@@ -348,13 +440,80 @@ pub fn scope(ip: IpAddr) -> Scope {
     }
 }
 
+/// Length of `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+const STAMP_LEN: usize = 30;
+const NS_PER_S: i64 = 1_000_000_000;
+
+/// `YYYY-MM-DDTHH:MM:SS` of a second since the Unix epoch; `None` for years outside 0..=9999.
+fn date_time(secs: i64) -> Option<[u8; 19]> {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days.checked_add(719_468)?;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
+    let mut out = *b"0000-00-00T00:00:00";
+    let mut put = |at: usize, width: usize, value: u32| {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    // Every value below is within its width: month 1..=12, day 1..=31, and rem < 86,400.
+    let part = |v: i64| u32::try_from(v).unwrap_or(0);
+    put(0, 4, year);
+    put(5, 2, part(month));
+    put(8, 2, part(day));
+    put(11, 2, part(rem / 3600));
+    put(14, 2, part(rem % 3600 / 60));
+    put(17, 2, part(rem % 60));
+    Some(out)
+}
+
+/// The whole stamp from the date-time part and the nanoseconds (< 10^9).
+fn stamp(date_time: &[u8; 19], nanos: u32) -> [u8; STAMP_LEN] {
+    let mut out = [0u8; STAMP_LEN];
+    out[..19].copy_from_slice(date_time);
+    out[19] = b'.';
+    let mut v = nanos;
+    for b in out[20..29].iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out[29] = b'Z';
+    out
+}
+
+/// Seconds and nanoseconds of an epoch time in ns, when it fits in an `i64`.
+fn split(epoch_ns: i128) -> Option<(i64, u32)> {
+    let ns = i64::try_from(epoch_ns).ok()?;
+    let nanos = u32::try_from(ns.rem_euclid(NS_PER_S)).ok()?;
+    Some((ns.div_euclid(NS_PER_S), nanos))
+}
+
 /// Nanoseconds since the Unix epoch -> `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
 pub fn rfc3339(epoch_ns: i128) -> String {
+    let fast = split(epoch_ns).and_then(|(secs, nanos)| Some(stamp(&date_time(secs)?, nanos)));
+    match fast.as_ref().map(|s| std::str::from_utf8(s)) {
+        Some(Ok(s)) => s.to_owned(),
+        _ => rfc3339_general(epoch_ns),
+    }
+}
+
+/// `rfc3339` for any time, including years that do not have four digits.
+fn rfc3339_general(epoch_ns: i128) -> String {
     let secs = epoch_ns.div_euclid(1_000_000_000);
     let nanos = epoch_ns.rem_euclid(1_000_000_000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -370,6 +529,34 @@ pub fn rfc3339(epoch_ns: i128) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+/// Formats record times, keeping the date-time part of the last second seen (events come in
+/// time order, so most share it).
+#[derive(Debug, Default)]
+struct Clock {
+    /// The second `date_time` is of, if any.
+    secs: Option<i64>,
+    date_time: [u8; 19],
+}
+
+impl Clock {
+    fn format(&mut self, epoch_ns: i128) -> Arc<str> {
+        if let Some((secs, nanos)) = split(epoch_ns) {
+            if self.secs != Some(secs)
+                && let Some(dt) = date_time(secs)
+            {
+                self.secs = Some(secs);
+                self.date_time = dt;
+            }
+            if self.secs == Some(secs)
+                && let Ok(s) = std::str::from_utf8(&stamp(&self.date_time, nanos))
+            {
+                return Arc::from(s);
+            }
+        }
+        Arc::from(rfc3339_general(epoch_ns))
+    }
 }
 
 #[cfg(test)]
@@ -398,6 +585,49 @@ mod tests {
         assert_eq!(scope("203.0.113.5".parse().unwrap()), Scope::Public);
         assert_eq!(scope("2001:db8::1".parse().unwrap()), Scope::Public);
         assert_eq!(tcp_flags(0x12), "SYN|ACK");
+        for flags in 0..=u8::MAX {
+            assert_eq!(tcp_flag_names(flags), tcp_flags(flags), "flags {flags:#x}");
+        }
+    }
+
+    /// The fast formatter, with and without its per-second cache, agrees with the general
+    /// one everywhere: epoch, leap days, year ends, before 1970, and far past and future.
+    #[test]
+    fn fast_time_formatting_matches_the_general_formatter() {
+        let mut clock = Clock::default();
+        let mut times: Vec<i128> = vec![
+            0,
+            -1,
+            1,
+            999_999_999,
+            1_000_000_000,
+            -1_000_000_000,
+            951_782_400_000_000_000,
+            1_795_888_800_500_000_000,
+            253_402_300_799_999_999_999,
+            253_402_300_800_000_000_000,
+            -62_167_219_200_000_000_000,
+            -62_167_219_200_000_000_001,
+            i128::from(i64::MAX),
+            i128::from(i64::MIN),
+            i128::from(i64::MAX) + 1,
+            i128::from(u64::MAX) * 3,
+            -i128::from(u64::MAX) * 3,
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            times.push(i128::from(x % 8_000_000_000_000_000_000) - 2_000_000_000_000_000_000);
+        }
+        let base = 1_795_888_799_000_000_000i128;
+        times.extend((0..3000).map(|i| base + i * 1_000_000));
+        for t in times {
+            let want = rfc3339_general(t);
+            assert_eq!(rfc3339(t), want, "{t}");
+            assert_eq!(&*clock.format(t), want, "{t}");
+        }
     }
 
     #[test]

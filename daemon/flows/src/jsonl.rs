@@ -65,16 +65,13 @@ pub struct JsonlSink {
     name: String,
     target: Target,
     filter: Filter,
-    format: Formatter,
+    /// `None`: the record's JSON, written straight into the batch.
+    format: Option<Formatter>,
     batch: Vec<u8>,
 }
 
 /// Flush a batch early past this size.
 const BATCH_BYTES: usize = 256 * 1024;
-
-fn json(record: &Record) -> String {
-    record.to_json()
-}
 
 impl JsonlSink {
     pub fn stdout(filter: Filter) -> Self {
@@ -82,7 +79,7 @@ impl JsonlSink {
             name: "stdout".into(),
             target: Target::Stdout,
             filter,
-            format: json,
+            format: None,
             batch: Vec::new(),
         }
     }
@@ -100,14 +97,14 @@ impl JsonlSink {
                 keep,
             },
             filter,
-            format: json,
+            format: None,
             batch: Vec::new(),
         })
     }
 
     /// Writes lines in another format (e.g. OCSF).
     pub fn with_format(mut self, format: Formatter) -> Self {
-        self.format = format;
+        self.format = Some(format);
         self
     }
 
@@ -153,8 +150,10 @@ impl Sink for JsonlSink {
         if !self.filter.matches(record) {
             return Ok(());
         }
-        self.batch
-            .extend_from_slice((self.format)(record).as_bytes());
+        match self.format {
+            None => record.write_json(&mut self.batch),
+            Some(format) => self.batch.extend_from_slice(format(record).as_bytes()),
+        }
         self.batch.push(b'\n');
         if self.batch.len() >= BATCH_BYTES {
             self.write_batch()?;

@@ -7,6 +7,7 @@ pub mod compact;
 pub mod decode;
 pub mod enrich;
 pub mod gap;
+pub mod json;
 pub mod jsonl;
 pub mod metrics;
 pub mod ocsf;

@@ -511,7 +511,7 @@ impl Metrics {
         match flow.verdict {
             Verdict::Allow => {
                 let mut seen: Vec<(&str, &str, usize)> = Vec::new();
-                for r in &flow.policy.allowed_by {
+                for r in flow.policy.allowed_by.iter() {
                     let key = (r.namespace.as_str(), r.name.as_str(), r.rule);
                     if seen.contains(&key) {
                         continue;
@@ -527,7 +527,7 @@ impl Metrics {
             }
             Verdict::Deny | Verdict::AuditDeny => {
                 let mut seen: Vec<(&str, &str)> = Vec::new();
-                for p in &flow.policy.isolated_by {
+                for p in flow.policy.isolated_by.iter() {
                     let key = (p.namespace.as_str(), p.name.as_str());
                     if !seen.contains(&key) {
                         seen.push(key);
@@ -549,7 +549,7 @@ impl Metrics {
             }
         }
         let namespace = |end: &crate::record::Endpoint| match (&end.kind, &end.namespace) {
-            (EndpointKind::Pod, Some(ns)) => ns.clone(),
+            (EndpointKind::Pod, Some(ns)) => ns.to_string(),
             _ => EXTERNAL.to_owned(),
         };
         let src_namespace = namespace(&flow.source);

@@ -83,11 +83,11 @@ pub fn status(verdict: Verdict) -> Id {
 
 /// `severity_id`: allows are informational, audit denies low, denies medium, and a denied
 /// egress to a public address (an exfiltration attempt) high.
-pub fn severity(verdict: Verdict, tags: &[String]) -> Id {
+pub fn severity<T: AsRef<str>>(verdict: Verdict, tags: &[T]) -> Id {
     match verdict {
         Verdict::Allow => id(1, "Informational"),
         Verdict::AuditDeny => id(2, "Low"),
-        Verdict::Deny if tags.iter().any(|t| t == EGRESS_TO_WORLD) => id(4, "High"),
+        Verdict::Deny if tags.iter().any(|t| t.as_ref() == EGRESS_TO_WORLD) => id(4, "High"),
         Verdict::Deny => id(3, "Medium"),
     }
 }
@@ -245,7 +245,13 @@ fn put_time(map: &mut Map<String, Value>, key: &str, rfc3339: &str) {
     }
 }
 
-fn metadata(schema: &str, seq: u64, time: &str, profiles: &[&str], labels: &[String]) -> Value {
+fn metadata<T: AsRef<str>>(
+    schema: &str,
+    seq: u64,
+    time: &str,
+    profiles: &[&str],
+    labels: &[T],
+) -> Value {
     let mut product = Map::new();
     put(&mut product, "name", PRODUCT);
     put(&mut product, "vendor_name", PRODUCT);
@@ -262,7 +268,8 @@ fn metadata(schema: &str, seq: u64, time: &str, profiles: &[&str], labels: &[Str
     put(&mut m, "sequence", seq);
     put(&mut m, "original_time", time);
     if !labels.is_empty() {
-        put(&mut m, "labels", labels.to_vec());
+        let labels: Vec<Value> = labels.iter().map(|l| Value::from(l.as_ref())).collect();
+        put(&mut m, "labels", labels);
     }
     Value::Object(m)
 }
@@ -301,10 +308,10 @@ fn endpoint_rest(e: &Endpoint) -> Value {
     let mut m = Map::new();
     put(&mut m, "kind", name_of(&e.kind));
     if let Some(ns) = &e.namespace {
-        put(&mut m, "namespace", ns.as_str());
+        put(&mut m, "namespace", &**ns);
     }
     if let Some(pod) = &e.pod {
-        put(&mut m, "pod", pod.as_str());
+        put(&mut m, "pod", &**pod);
     }
     if !e.labels.is_empty() {
         let labels: Map<String, Value> = e
@@ -562,7 +569,7 @@ fn base_event_for_gap(g: &GapRecord) -> Value {
     put(
         &mut ev,
         "metadata",
-        metadata(g.schema, g.seq, &g.time, &["host"], &[]),
+        metadata::<&str>(g.schema, g.seq, &g.time, &["host"], &[]),
     );
     let mut unmapped = Map::new();
     put(&mut unmapped, "record_type", g.record_type);

@@ -1,8 +1,15 @@
 //! The flow record (`schema: "flowgate.flow/v1"`): flat, stable snake_case keys, enums as
 //! lowercase strings. One per verdict event; serialized as one JSON line.
+//!
+//! What the generation tables already hold (node, namespace and pod names, labels, attribution
+//! lists) is shared (`Arc`), not copied into each record; fixed vocabularies (`transport`,
+//! `tcp_flags`, `tags`) are static strings. The serde derives are the reference encoding;
+//! `crate::json` writes the same JSON faster.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,16 +19,27 @@ fn schema() -> &'static str {
     SCHEMA
 }
 
+/// Labels of a pod, shared with the generation tables.
+pub type SharedLabels = Arc<BTreeMap<String, String>>;
+
+fn no_labels(labels: &SharedLabels) -> bool {
+    labels.is_empty()
+}
+
+fn empty<T>(list: &Arc<[T]>) -> bool {
+    list.is_empty()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
     #[serde(skip_deserializing, default = "schema")]
     pub schema: &'static str,
     pub record_type: RecordType,
     /// RFC 3339 UTC time of the packet (nanosecond precision).
-    pub time: String,
+    pub time: Arc<str>,
     /// Per-node, strictly increasing.
     pub seq: u64,
-    pub node: String,
+    pub node: Arc<str>,
     pub verdict: Verdict,
     pub mode: Mode,
     pub reason: Reason,
@@ -35,7 +53,7 @@ pub struct FlowRecord {
     pub policy: PolicyInfo,
     pub counters: Counters,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
+    pub tags: Vec<Cow<'static, str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,11 +124,11 @@ pub struct Endpoint {
     pub port: Option<u16>,
     pub kind: EndpointKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    pub pod: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "no_labels")]
+    pub labels: SharedLabels,
     /// For externals: private (RFC 1918, ULA, ...) or public.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
@@ -119,10 +137,10 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// `tcp`, `udp`, `sctp`, `icmp`, `icmpv6` or the protocol number.
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     pub ip_version: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_flags: Option<String>,
+    pub tcp_flags: Option<Cow<'static, str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,10 +164,10 @@ pub struct PolicyRef {
 pub struct PolicyInfo {
     /// The policy generation the datapath decided with.
     pub generation: u32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowed_by: Vec<RuleRef>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub isolated_by: Vec<PolicyRef>,
+    #[serde(default, skip_serializing_if = "empty")]
+    pub allowed_by: Arc<[RuleRef]>,
+    #[serde(default, skip_serializing_if = "empty")]
+    pub isolated_by: Arc<[PolicyRef]>,
     /// Set when the generation was no longer known, so attribution could not be resolved.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unresolved: bool,
@@ -160,6 +178,6 @@ pub struct Counters {
     /// Packets this record stands for (more than 1 for deduplicated denies).
     pub packets: u64,
     pub dedup_count: u64,
-    pub first_seen: String,
-    pub last_seen: String,
+    pub first_seen: Arc<str>,
+    pub last_seen: Arc<str>,
 }

@@ -63,7 +63,7 @@ fn counts_each_allowing_rule_and_each_isolating_policy() {
     m.observe_flow(&open);
     open.verdict = Verdict::AuditDeny;
     open.reason = Reason::DefaultDeny;
-    open.policy.isolated_by = vec![policy("tools", "egress-lockdown")];
+    open.policy.isolated_by = vec![policy("tools", "egress-lockdown")].into();
     open.counters.packets = 3;
     m.observe_flow(&open);
 
@@ -105,18 +105,18 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
             LocalInfo {
                 namespace: "shop".into(),
                 pod: "web-7d9f8-x2x9q".into(),
-                labels: BTreeMap::from([("app".into(), "web".into())]),
-                isolated_by_ingress: vec![policy("shop", "allow-frontend")],
-                isolated_by_egress: vec![policy("shop", "egress-lockdown")],
+                labels: Arc::new(BTreeMap::from([("app".into(), "web".into())])),
+                isolated_by_ingress: vec![policy("shop", "allow-frontend")].into(),
+                isolated_by_egress: vec![policy("shop", "egress-lockdown")].into(),
             },
         )]),
-        attributions: HashMap::from([(7, vec![rule("shop", "allow-frontend", 1)])]),
+        attributions: HashMap::from([(7, vec![rule("shop", "allow-frontend", 1)].into())]),
         pods_by_ip: HashMap::from([(
             IpAddr::V4(Ipv4Addr::new(10, 244, 1, 17)),
             PodInfo {
                 namespace: "shop".into(),
                 pod: "frontend-5c6b-k8s2p".into(),
-                labels: BTreeMap::from([("app".into(), "frontend".into())]),
+                labels: Arc::new(BTreeMap::from([("app".into(), "frontend".into())])),
             },
         )]),
     };

@@ -56,8 +56,8 @@ fn pod_matches(end: &Endpoint, wanted: &str) -> bool {
         return false;
     };
     match wanted.split_once('/') {
-        Some((wns, wpod)) => wns == ns && wpod == pod,
-        None => wanted == pod,
+        Some((wns, wpod)) => wns == &**ns && wpod == &**pod,
+        None => wanted == &**pod,
     }
 }
 
@@ -141,10 +141,7 @@ impl FlowQuery {
                     .any(|r| r.namespace == ns && r.name == name)
         });
         // Same fixed-width UTC format on both sides: text order is time order.
-        let since_ok = self
-            .since
-            .as_ref()
-            .is_none_or(|s| f.time.as_str() >= s.as_str());
+        let since_ok = self.since.as_ref().is_none_or(|s| &*f.time >= s.as_str());
         ns_ok && pod_ok && from_ok && to_ok && dir_ok && verdict_ok && policy_ok && since_ok
     }
 }

@@ -197,9 +197,9 @@ fn pod(namespace: &str, name: &str, ip: [u8; 4], port: u16) -> Endpoint {
         ip: IpAddr::V4(Ipv4Addr::from(ip)),
         port: Some(port),
         kind: EndpointKind::Pod,
-        namespace: Some(namespace.to_owned()),
-        pod: Some(name.to_owned()),
-        labels: BTreeMap::from([("app".to_owned(), name.to_owned())]),
+        namespace: Some(namespace.into()),
+        pod: Some(name.into()),
+        labels: Arc::new(BTreeMap::from([("app".to_owned(), name.to_owned())])),
         scope: None,
     }
 }
@@ -211,7 +211,7 @@ fn external(ip: [u8; 4], port: u16, scope: Scope) -> Endpoint {
         kind: EndpointKind::External,
         namespace: None,
         pod: None,
-        labels: BTreeMap::new(),
+        labels: Arc::default(),
         scope: Some(scope),
     }
 }
@@ -250,8 +250,8 @@ fn flow(
         },
         policy: PolicyInfo {
             generation: 1,
-            allowed_by: Vec::new(),
-            isolated_by: Vec::new(),
+            allowed_by: Arc::default(),
+            isolated_by: Arc::default(),
             unresolved: false,
         },
         counters: Counters {
@@ -290,7 +290,7 @@ fn allow_into_web(rules: Vec<RuleRef>) -> FlowRecord {
         pod("shop", "frontend-5c6b-k8s2p", [10, 244, 1, 17], 40112),
         pod("shop", "web-7d9f8-x2x9q", [10, 244, 2, 9], 8443),
     );
-    f.policy.allowed_by = rules;
+    f.policy.allowed_by = rules.into();
     f
 }
 
@@ -303,7 +303,7 @@ fn deny_into_db(namespace: &str, policies: Vec<PolicyRef>, packets: u64) -> Flow
         pod("shop", "web-7d9f8-x2x9q", [10, 244, 2, 9], 51000),
         pod(namespace, "db-0", [10, 244, 3, 4], 5432),
     );
-    f.policy.isolated_by = policies;
+    f.policy.isolated_by = policies.into();
     f.counters.packets = packets;
     f.counters.dedup_count = packets - 1;
     f
