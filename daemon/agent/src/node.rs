@@ -47,6 +47,8 @@ pub struct Node {
     locals: Vec<LocalEndpoint>,
     pub attached: Option<Attached>,
     pub reader: ReaderStats,
+    /// Label keys kept in records (empty: all).
+    pub record_labels: Vec<String>,
 }
 
 impl std::fmt::Debug for Node {
@@ -115,6 +117,7 @@ impl Node {
             locals,
             attached,
             reader: ReaderStats::default(),
+            record_labels: Vec::new(),
         })
     }
 

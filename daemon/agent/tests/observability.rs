@@ -192,6 +192,25 @@ fn prometheus_scrapes_exactly_the_verdicts_the_agent_reported() {
             Err(_) => {}
         }
     }
+    // Every record the lab produced validates against the shipped schema.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/flow-record.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the shipped schema compiles");
+    for r in &records {
+        let errors: Vec<String> = validator.iter_errors(r).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "record does not validate: {errors:?}\n{r}"
+        );
+    }
+    assert!(
+        records
+            .iter()
+            .all(|r| r["counters"]["bytes"].as_u64().is_some_and(|b| b > 0)),
+        "byte counts are reported"
+    );
     let expected = expected_series(&records);
     assert!(
         expected.len() >= 5,

@@ -40,6 +40,8 @@ fn pod(ip: &str, port: Option<u16>, ns: &str, name: &str) -> Endpoint {
         pod: Some(name.into()),
         labels: BTreeMap::from([("app".into(), name.into())]).into(),
         scope: None,
+        node: Some("node-1".into()),
+        workload: None,
     }
 }
 
@@ -53,6 +55,8 @@ fn external(ip: &str, port: Option<u16>) -> Endpoint {
         pod: None,
         labels: Default::default(),
         scope: Some(flowgate_flows::enrich::scope(ip)),
+        node: None,
+        workload: None,
     }
 }
 
@@ -127,6 +131,7 @@ fn flow(seq: u64, verdict: Verdict, direction: Direction, src: Endpoint, dst: En
         },
         counters: Counters {
             packets: if verdict == Verdict::Deny { 3 } else { 1 },
+            bytes: if verdict == Verdict::Deny { 180 } else { 60 },
             dedup_count: if verdict == Verdict::Deny { 2 } else { 0 },
             first_seen: time(0).into(),
             last_seen: time(i128::from(seq) * 250).into(),

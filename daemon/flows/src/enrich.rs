@@ -17,7 +17,7 @@ use flowgate_policy::compile::Snapshot;
 
 use crate::record::{
     Counters, Direction, Endpoint, EndpointKind, FlowRecord, Mode, Network, PolicyInfo, PolicyRef,
-    Reason, RecordType, Reporter, RuleRef, SCHEMA, Scope, SharedLabels, Verdict,
+    Reason, RecordType, Reporter, RuleRef, SCHEMA, Scope, SharedLabels, Verdict, Workload,
 };
 
 /// A local pod the datapath reports for.
@@ -26,6 +26,8 @@ pub struct LocalInfo {
     pub namespace: Arc<str>,
     pub pod: Arc<str>,
     pub labels: SharedLabels,
+    pub node: Option<Arc<str>>,
+    pub workload: Option<Workload>,
     pub isolated_by_ingress: Arc<[PolicyRef]>,
     pub isolated_by_egress: Arc<[PolicyRef]>,
 }
@@ -35,6 +37,8 @@ pub struct PodInfo {
     pub namespace: Arc<str>,
     pub pod: Arc<str>,
     pub labels: SharedLabels,
+    pub node: Option<Arc<str>>,
+    pub workload: Option<Workload>,
 }
 
 /// What one policy generation needs to explain its events. The values are shared with the
@@ -50,6 +54,29 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// Keeps only the listed label keys in records (an empty list keeps every label).
+    pub fn select_labels(mut self, keep: &[String]) -> Self {
+        if keep.is_empty() {
+            return self;
+        }
+        let filter = |labels: &SharedLabels| -> SharedLabels {
+            Arc::new(
+                labels
+                    .iter()
+                    .filter(|(k, _)| keep.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        };
+        for info in self.endpoints.values_mut() {
+            info.labels = filter(&info.labels);
+        }
+        for info in self.pods_by_ip.values_mut() {
+            info.labels = filter(&info.labels);
+        }
+        self
+    }
+
     /// The tables of a compiled snapshot of a cluster.
     pub fn from_snapshot(cluster: &Cluster, snap: &Snapshot, mode: Mode) -> Self {
         let policy_refs = |refs: &[flowgate_policy::PolicyRef]| -> Arc<[PolicyRef]> {
@@ -68,6 +95,11 @@ impl Tables {
                 namespace: Arc::from(pod.namespace.as_str()),
                 pod: Arc::from(pod.name.as_str()),
                 labels: Arc::new(pod.labels.clone()),
+                node: pod.node_name.as_deref().map(Arc::from),
+                workload: pod.workload().map(|(kind, name)| Workload {
+                    kind: Arc::from(kind),
+                    name: Arc::from(name),
+                }),
             };
             if !pod.host_network {
                 for ip in &pod.ips {
@@ -85,6 +117,8 @@ impl Tables {
                     namespace: Arc::from(namespace),
                     pod: Arc::from(pod),
                     labels: SharedLabels::default(),
+                    node: None,
+                    workload: None,
                 },
             };
             endpoints.insert(
@@ -93,6 +127,8 @@ impl Tables {
                     namespace: info.namespace,
                     pod: info.pod,
                     labels: info.labels,
+                    node: info.node,
+                    workload: info.workload,
                     isolated_by_ingress: policy_refs(&state.ingress.isolated_by),
                     isolated_by_egress: policy_refs(&state.egress.isolated_by),
                 },
@@ -190,15 +226,15 @@ impl Enricher {
         let no_labels = &self.no_labels;
         let endpoint = |ip: IpAddr, p: u16, is_local: bool| -> Endpoint {
             let pod = if is_local {
-                local.map(|l| (&l.namespace, &l.pod, &l.labels))
+                local.map(|l| (&l.namespace, &l.pod, &l.labels, &l.node, &l.workload))
             } else {
                 tables
                     .and_then(|t| t.pods_by_ip.get(&ip))
-                    .map(|p| (&p.namespace, &p.pod, &p.labels))
+                    .map(|p| (&p.namespace, &p.pod, &p.labels, &p.node, &p.workload))
             };
             let port = has_ports.then_some(p);
             match pod {
-                Some((namespace, pod, labels)) => Endpoint {
+                Some((namespace, pod, labels, node, workload)) => Endpoint {
                     ip,
                     port,
                     kind: EndpointKind::Pod,
@@ -206,6 +242,8 @@ impl Enricher {
                     pod: Some(Arc::clone(pod)),
                     labels: Arc::clone(labels),
                     scope: None,
+                    node: node.clone(),
+                    workload: workload.clone(),
                 },
                 None => Endpoint {
                     ip,
@@ -215,6 +253,8 @@ impl Enricher {
                     pod: None,
                     labels: Arc::clone(no_labels),
                     scope: Some(scope(ip)),
+                    node: None,
+                    workload: None,
                 },
             }
         };
@@ -294,6 +334,7 @@ impl Enricher {
                 unresolved: tables.is_none(),
             },
             counters: Counters {
+                bytes: u64::from(ev.bytes),
                 packets: u64::from(ev.count),
                 dedup_count: u64::from(ev.count.saturating_sub(1)),
                 first_seen: first,

@@ -128,6 +128,17 @@ fn endpoint(out: &mut Vec<u8>, e: &Endpoint) {
             Scope::Public => b",\"scope\":\"public\"",
         });
     }
+    if let Some(node) = &e.node {
+        out.extend_from_slice(b",\"node\":");
+        string(out, node);
+    }
+    if let Some(w) = &e.workload {
+        out.extend_from_slice(b",\"workload\":{\"kind\":");
+        string(out, &w.kind);
+        out.extend_from_slice(b",\"name\":");
+        string(out, &w.name);
+        out.push(b'}');
+    }
     out.push(b'}');
 }
 
@@ -201,6 +212,8 @@ fn policy_ref(out: &mut Vec<u8>, p: &PolicyRef) {
 fn counters(out: &mut Vec<u8>, c: &Counters) {
     out.extend_from_slice(b"{\"packets\":");
     uint(out, c.packets);
+    out.extend_from_slice(b",\"bytes\":");
+    uint(out, c.bytes);
     out.extend_from_slice(b",\"dedup_count\":");
     uint(out, c.dedup_count);
     out.extend_from_slice(b",\"first_seen\":");

@@ -324,6 +324,15 @@ fn endpoint_rest(e: &Endpoint) -> Value {
     if let Some(scope) = &e.scope {
         put(&mut m, "scope", name_of(scope));
     }
+    if let Some(node) = &e.node {
+        put(&mut m, "node", &**node);
+    }
+    if let Some(w) = &e.workload {
+        let mut workload = Map::new();
+        put(&mut workload, "kind", &*w.kind);
+        put(&mut workload, "name", &*w.name);
+        put(&mut m, "workload", workload);
+    }
     Value::Object(m)
 }
 
@@ -443,6 +452,7 @@ fn network_activity(f: &FlowRecord) -> Value {
 
     let mut traffic = Map::new();
     put(&mut traffic, "packets", f.counters.packets);
+    put(&mut traffic, "bytes", f.counters.bytes);
     put(&mut ev, "traffic", traffic);
 
     let generation = f.policy.generation.to_string();

@@ -132,6 +132,19 @@ pub struct Endpoint {
     /// For externals: private (RFC 1918, ULA, ...) or public.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// For pods: the node the pod runs on (`spec.nodeName`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Arc<str>>,
+    /// For pods: the workload from `metadata.ownerReferences` (a ReplicaSet of a Deployment is
+    /// reported as the Deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +190,9 @@ pub struct PolicyInfo {
 pub struct Counters {
     /// Packets this record stands for (more than 1 for deduplicated denies).
     pub packets: u64,
+    /// Their bytes (IP packet lengths).
+    #[serde(default)]
+    pub bytes: u64,
     pub dedup_count: u64,
     pub first_seen: Arc<str>,
     pub last_seen: Arc<str>,

@@ -63,16 +63,23 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
         option::of(text().prop_map(shared)),
         btree_map(text(), text(), 0..4),
         option::of(prop_oneof![Just(Scope::Private), Just(Scope::Public)]),
+        option::of(text().prop_map(shared)),
+        option::of((text().prop_map(shared), text().prop_map(shared))),
     )
-        .prop_map(|(ip, port, kind, namespace, pod, labels, scope)| Endpoint {
-            ip,
-            port,
-            kind,
-            namespace,
-            pod,
-            labels: Arc::new(labels),
-            scope,
-        })
+        .prop_map(
+            |(ip, port, kind, namespace, pod, labels, scope, node, workload)| Endpoint {
+                ip,
+                port,
+                kind,
+                namespace,
+                pod,
+                labels: Arc::new(labels),
+                scope,
+                node,
+                workload: workload
+                    .map(|(kind, name)| flowgate_flows::record::Workload { kind, name }),
+            },
+        )
 }
 
 fn static_or_owned() -> impl Strategy<Value = Cow<'static, str>> {
@@ -143,9 +150,10 @@ fn flow_record() -> impl Strategy<Value = FlowRecord> {
                 unresolved,
             },
         );
-    let counters = (any::<u64>(), any::<u64>(), text(), text()).prop_map(
-        |(packets, dedup_count, first_seen, last_seen)| Counters {
+    let counters = (any::<u64>(), any::<u64>(), any::<u64>(), text(), text()).prop_map(
+        |(packets, bytes, dedup_count, first_seen, last_seen)| Counters {
             packets,
+            bytes,
             dedup_count,
             first_seen: first_seen.into(),
             last_seen: last_seen.into(),
@@ -275,6 +283,11 @@ fn tables(generation: u32, mode: Mode) -> Tables {
                 namespace: "shop".into(),
                 pod: "web-\"quoted\"\\x".into(),
                 labels: labels(&[("app", "web"), ("note", "line\nbreak\ttab"), ("ü", "日本")]),
+                node: Some("node\"1".into()),
+                workload: Some(flowgate_flows::record::Workload {
+                    kind: "Deployment".into(),
+                    name: "web\u{2}".into(),
+                }),
                 isolated_by_ingress: vec![policy("shop", "deny-all"), policy("shop", "in\u{1}")]
                     .into(),
                 isolated_by_egress: Arc::default(),
@@ -307,6 +320,8 @@ fn tables(generation: u32, mode: Mode) -> Tables {
                     namespace: "db".into(),
                     pod: "pg-0".into(),
                     labels: Arc::default(),
+                    node: None,
+                    workload: None,
                 },
             ),
             (
@@ -315,6 +330,11 @@ fn tables(generation: u32, mode: Mode) -> Tables {
                     namespace: "db".into(),
                     pod: "pg-0 😀".into(),
                     labels: labels(&[("k\"", "v\\")]),
+                    node: Some("n😀".into()),
+                    workload: Some(flowgate_flows::record::Workload {
+                        kind: "StatefulSet".into(),
+                        name: "pg".into(),
+                    }),
                 },
             ),
         ]),

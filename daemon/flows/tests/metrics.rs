@@ -106,6 +106,8 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
                 namespace: "shop".into(),
                 pod: "web-7d9f8-x2x9q".into(),
                 labels: Arc::new(BTreeMap::from([("app".into(), "web".into())])),
+                node: Some("node-a".into()),
+                workload: None,
                 isolated_by_ingress: vec![policy("shop", "allow-frontend")].into(),
                 isolated_by_egress: vec![policy("shop", "egress-lockdown")].into(),
             },
@@ -117,6 +119,8 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
                 namespace: "shop".into(),
                 pod: "frontend-5c6b-k8s2p".into(),
                 labels: Arc::new(BTreeMap::from([("app".into(), "frontend".into())])),
+                node: Some("node-b".into()),
+                workload: None,
             },
         )]),
     };

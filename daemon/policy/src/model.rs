@@ -281,6 +281,8 @@ pub struct Pod {
     /// Host-network pods share the node's address; NetworkPolicy does not apply to them.
     pub host_network: bool,
     pub node_name: Option<String>,
+    /// The controlling owner from `metadata.ownerReferences` (kind, name), if any.
+    pub owner: Option<(String, String)>,
 }
 
 impl Pod {
@@ -294,6 +296,19 @@ impl Pod {
 
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The workload (kind, name) the pod belongs to: its controlling owner, with a ReplicaSet
+    /// named `<deployment>-<pod-template-hash>` reported as that Deployment.
+    pub fn workload(&self) -> Option<(String, String)> {
+        let (kind, name) = self.owner.clone()?;
+        if kind == "ReplicaSet"
+            && let Some(hash) = self.labels.get("pod-template-hash")
+            && let Some(deployment) = name.strip_suffix(&format!("-{hash}"))
+        {
+            return Some(("Deployment".to_owned(), deployment.to_owned()));
+        }
+        Some((kind, name))
     }
 }
 

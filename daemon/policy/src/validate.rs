@@ -155,6 +155,16 @@ pub fn pod(value: Value) -> Result<Pod> {
         ports,
         host_network: spec.host_network.unwrap_or(false),
         node_name: spec.node_name,
+        owner: pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|refs| {
+                refs.iter()
+                    .find(|r| r.controller == Some(true))
+                    .or_else(|| refs.first())
+            })
+            .map(|r| (r.kind.clone(), r.name.clone())),
     })
 }
 

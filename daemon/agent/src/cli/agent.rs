@@ -101,6 +101,11 @@ pub struct Args {
     #[arg(long, env = "FLOWGATE_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
+    /// Pod label keys to put in records (comma-separated, e.g. app,app.kubernetes.io/name,tier);
+    /// default: every label.
+    #[arg(long, value_delimiter = ',', env = "FLOWGATE_RECORD_LABELS")]
+    pub record_labels: Vec<String>,
+
     /// Records kept in memory for /v1/flows?last=N.
     #[arg(long, default_value = "10000", env = "FLOWGATE_RECENT")]
     pub recent: usize,
@@ -329,6 +334,7 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
     let lab = Lab::build(&spec).context("building the lab node")?;
     let mut node = Node::on_lab(&lab, Mode::from(args.mode), &args.node_name)
         .context("loading and attaching the datapath")?;
+    node.record_labels.clone_from(&args.record_labels);
     let stats = node
         .apply(&loaded.cluster)
         .context("applying the policies")?;

@@ -201,6 +201,8 @@ fn pod(namespace: &str, name: &str, ip: [u8; 4], port: u16) -> Endpoint {
         pod: Some(name.into()),
         labels: Arc::new(BTreeMap::from([("app".to_owned(), name.to_owned())])),
         scope: None,
+        node: Some("node-7".into()),
+        workload: None,
     }
 }
 
@@ -213,6 +215,8 @@ fn external(ip: [u8; 4], port: u16, scope: Scope) -> Endpoint {
         pod: None,
         labels: Arc::default(),
         scope: Some(scope),
+        node: None,
+        workload: None,
     }
 }
 
@@ -256,6 +260,7 @@ fn flow(
         },
         counters: Counters {
             packets: 1,
+            bytes: 60,
             dedup_count: 0,
             first_seen: "2026-11-28T18:00:00.000000000Z".into(),
             last_seen: "2026-11-28T18:00:00.000000000Z".into(),

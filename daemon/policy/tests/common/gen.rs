@@ -162,6 +162,7 @@ pub fn pods() -> impl Strategy<Value = Vec<Pod>> {
                     ],
                     host_network: false,
                     node_name: None,
+                    owner: None,
                 }
             })
             .collect()
