@@ -88,7 +88,7 @@ impl Objects {
         let Some(policy) = self
             .policies
             .iter_mut()
-            .find(|p| p.namespace != BENCH_NS && p.isolates_ingress && p.ingress.first().is_some())
+            .find(|p| p.namespace != BENCH_NS && p.isolates_ingress && !p.ingress.is_empty())
         else {
             return false;
         };
@@ -254,6 +254,7 @@ fn pod(
             .collect(),
         host_network: false,
         node_name: Some("lab".to_owned()),
+        owner: None,
     }
 }
 

@@ -13,11 +13,12 @@
 //! - (e) an nftables set of 10,000 elements looked up by one rule, no eBPF.
 //!
 //! In each: iperf3 TCP throughput, 1-byte TCP request/response over one connection, and new TCP
-//! connections per second (connect, 1-byte request/response, close), the last two with client and
-//! server pinned to one CPU. The table gives medians over the rounds and ratios of the medians,
-//! and the targets are checked against them. Then, on configuration (c): compile time, one policy
-//! change and one pod relabel applied to the live maps, memory (RSS, map entries), and the
-//! programs' own run time per packet (`kernel.bpf_stats_enabled`), to show where time goes.
+//! connections per second (connect, 1-byte request/response, close), client and server pinned to
+//! one and the same CPU. The table gives medians over the rounds and ratios of the medians, and
+//! the targets are checked against them. Then, on configuration (c): compile time, one policy
+//! change and one pod relabel applied to the live maps, memory (RSS, map entries), the programs'
+//! own run time in traffic (`kernel.bpf_stats_enabled`) and per path (`BPF_PROG_TEST_RUN`), to
+//! show where the time goes.
 //!
 //! Nothing here is hard-coded: every figure printed is measured in this run.
 
@@ -53,13 +54,13 @@ use traffic::{Pair, Rate};
 #[derive(Debug, Parser)]
 struct Args {
     /// Rounds of the interleaved configurations.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Seconds of each request/response and new-connections run.
     #[arg(long, default_value_t = 2.0)]
     secs: f64,
     /// Seconds of each iperf3 run (one more second is run and omitted).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     iperf_secs: u32,
     /// Configurations to run, in round order (letters a to e).
     #[arg(long, default_value = "abcde")]
@@ -125,6 +126,8 @@ struct Bench {
     samples: Samples,
     costs: BTreeMap<char, Costs>,
     notes: Vec<String>,
+    /// Every target checked: (met, what).
+    targets: Vec<(bool, String)>,
 }
 
 fn main() -> Result<()> {
@@ -204,8 +207,10 @@ fn main() -> Result<()> {
         samples: Samples::default(),
         costs: BTreeMap::new(),
         notes: Vec::new(),
+        targets: Vec::new(),
     };
     let started = Instant::now();
+    let load_start = load_average();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -225,9 +230,29 @@ fn main() -> Result<()> {
     out.push_str(&bench.after(rss_start, rss_clusters)?);
     let _ = writeln!(
         out,
-        "\ntotal benchmark time: {:.0} s",
-        started.elapsed().as_secs_f64()
+        "\ntotal benchmark time: {:.0} s; load average at start {load_start}, at the end {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
     );
+    let missed: Vec<&String> = bench
+        .targets
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, what)| what)
+        .collect();
+    if missed.is_empty() {
+        let _ = writeln!(out, "all {} targets met", bench.targets.len());
+    } else {
+        let _ = writeln!(
+            out,
+            "TARGETS MISSED: {} of {}:",
+            missed.len(),
+            bench.targets.len()
+        );
+        for what in missed {
+            let _ = writeln!(out, "  - {what}");
+        }
+    }
     println!("{out}");
     bench.lab.teardown().context("removing the lab node")?;
     Ok(())
@@ -247,6 +272,14 @@ fn shape(objects: &Objects) -> String {
         thousands(objects.pods.len() as f64),
         thousands(objects.policies.len() as f64)
     )
+}
+
+/// The 1-minute load average: anything else running shows in the ratios.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn kernel_release() -> String {
@@ -420,7 +453,7 @@ impl Bench {
         Ok(())
     }
 
-    fn main_table(&self) -> String {
+    fn main_table(&mut self) -> String {
         let configs: Vec<char> = self.args.configs.chars().collect();
         let has = |c: char| configs.contains(&c);
         let mut out = String::new();
@@ -494,8 +527,10 @@ impl Bench {
         }
 
         let _ = writeln!(out, "\ntargets (on the ratios of medians above):");
+        let mut targets = Vec::new();
         let mut check = |ok: bool, what: String| {
             let _ = writeln!(out, "  [{}] {what}", if ok { " ok " } else { "MISS" });
+            targets.push((ok, what));
         };
         for metric in Metric::ALL {
             let m = |c| self.samples.median(c, metric);
@@ -547,6 +582,7 @@ impl Bench {
                 ),
             );
         }
+        self.targets.extend(targets);
         out
     }
 
@@ -729,7 +765,7 @@ impl Bench {
 
     /// One policy change and one pod relabel (and a policy change elsewhere), each applied
     /// `changes` times (change, revert, ...) to the live (c) node.
-    fn changes(&self, node: &mut Node) -> Result<String> {
+    fn changes(&mut self, node: &mut Node) -> Result<String> {
         let mut objects = cluster::large(self.args.pods, self.args.policies, self.args.namespaces)?;
         type Mutate = fn(&mut Objects) -> bool;
         let kinds: [(&str, Mutate); 3] = [
@@ -788,12 +824,12 @@ impl Bench {
             ]);
             if !label.starts_with("policy selecting no") {
                 let ok = total < Duration::from_millis(10);
-                let _ = writeln!(
-                    targets,
-                    "  [{}] {label}: compile + write median {} (target < 10 ms)",
-                    if ok { " ok " } else { "MISS" },
+                let what = format!(
+                    "{label}: compile + write median {} (target < 10 ms)",
                     ms(total)
                 );
+                let _ = writeln!(targets, "  [{}] {what}", if ok { " ok " } else { "MISS" });
+                self.targets.push((ok, what));
             }
         }
         let mut out = format!(
@@ -819,10 +855,15 @@ impl Bench {
         let middle = kernel::programs("fg_")?;
         let crr = traffic::connect_rate(&self.pair, CRR_PORT, secs, &mut drain)?;
         let after = kernel::programs("fg_")?;
+        let iperf_secs = self.args.iperf_secs.clamp(1, 2);
+        let bits = traffic::iperf3(&self.pair, IPERF_PORT, iperf_secs, &mut drain)?;
+        let after_bulk = kernel::programs("fg_")?;
         drop(stats);
         Ok(Diagnosis {
             rr: (rr, delta(&before, &middle)),
             crr: (crr, delta(&middle, &after)),
+            // iperf3 sends for one omitted second plus the measured ones.
+            bulk: (bits, f64::from(iperf_secs + 1), delta(&after, &after_bulk)),
         })
     }
 
@@ -881,6 +922,28 @@ impl Bench {
             ratio(1e6, a_rr),
             ratio(1e6, a_crr)
         );
+        for (config, diagnosis) in runs {
+            let (bits, secs, progs) = &diagnosis.bulk;
+            let busy: f64 = progs.iter().map(|p| p.run_time_ns as f64).sum::<f64>() / (secs * 1e9);
+            let each: Vec<String> = progs
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} runs/s at {:.0} ns",
+                        p.name,
+                        thousands(p.runs as f64 / secs),
+                        ratio(p.run_time_ns as f64, p.runs as f64)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  ({config}) iperf3 at {:.2} Gbit/s: {}; the programs take {:.1}% of the one CPU that carries the transfer",
+                bits / 1e9,
+                each.join(", "),
+                busy * 100.0
+            );
+        }
 
         let _ = writeln!(
             out,
@@ -889,7 +952,7 @@ impl Bench {
         );
         let mut header = vec!["path".to_owned()];
         header.extend(paths.iter().map(|(c, _)| format!("({c}) maps")));
-        let lines: [(&str, fn(&testrun::Paths) -> f64); 5] = [
+        let lines: [(&str, PathOf); 5] = [
             ("ARP: one load, not IP, pass", |p| p.not_ip),
             ("TCP before any snapshot: full parse + FG_ACTIVE", |p| {
                 p.parse_only
@@ -920,10 +983,15 @@ impl Bench {
     }
 }
 
+/// Picks one path's figure.
+type PathOf = fn(&testrun::Paths) -> f64;
+
 #[derive(Debug)]
 struct Diagnosis {
     rr: (Rate, Vec<kernel::ProgStat>),
     crr: (Rate, Vec<kernel::ProgStat>),
+    /// Bits per second, seconds of traffic, and the programs' counters over the transfer.
+    bulk: (f64, f64, Vec<kernel::ProgStat>),
 }
 
 fn delta(before: &[kernel::ProgStat], after: &[kernel::ProgStat]) -> Vec<kernel::ProgStat> {
