@@ -53,3 +53,4 @@ unit: bootstrap ## all tests of the default members (the eBPF crate is tested th
 test: lint unit ## the whole suite: what CI runs
 
 -include mk/bench.mk
+-include mk/bench-datapath.mk

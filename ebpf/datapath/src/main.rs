@@ -463,7 +463,7 @@ fn emit(
 
 #[inline(always)]
 fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
-    let ether_type = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let ether_type = u16::from_be(load::<u16>(ctx, 12)?);
     let mut pkt = Packet {
         ifindex,
         len: ctx.len().saturating_sub(ETH_HLEN_U32),
@@ -482,16 +482,16 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
     let mut more_fragments = false;
     let mut frag_id: u32 = 0;
     if ether_type == ETH_P_IP {
-        let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+        let vihl: u8 = load(ctx, ETH_HLEN)?;
         let ihl = usize::from(vihl & 0x0f) * 4;
         if ihl < 20 {
             return None;
         }
-        let id = u16::from_be(ctx.load::<u16>(ETH_HLEN + 4).ok()?);
-        let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
-        pkt.proto = ctx.load(ETH_HLEN + 9).ok()?;
-        let src: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
-        let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
+        let id = u16::from_be(load::<u16>(ctx, ETH_HLEN + 4)?);
+        let frag = u16::from_be(load::<u16>(ctx, ETH_HLEN + 6)?);
+        pkt.proto = load(ctx, ETH_HLEN + 9)?;
+        let src: [u8; 4] = load(ctx, ETH_HLEN + 12)?;
+        let dst: [u8; 4] = load(ctx, ETH_HLEN + 16)?;
         pkt.src = v4_mapped(src);
         pkt.dst = v4_mapped(dst);
         pkt.ip_version = 4;
@@ -504,9 +504,9 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         }
         l4 = ETH_HLEN + ihl;
     } else if ether_type == ETH_P_IPV6 {
-        let mut next: u8 = ctx.load(ETH_HLEN + 6).ok()?;
-        pkt.src = ctx.load(ETH_HLEN + 8).ok()?;
-        pkt.dst = ctx.load(ETH_HLEN + 24).ok()?;
+        let mut next: u8 = load(ctx, ETH_HLEN + 6)?;
+        pkt.src = load(ctx, ETH_HLEN + 8)?;
+        pkt.dst = load(ctx, ETH_HLEN + 24)?;
         pkt.ip_version = 6;
         let mut off = ETH_HLEN + 40;
         // Walk up to four extension headers (hop-by-hop, routing, destination options, fragment).
@@ -534,15 +534,8 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         return None;
     }
 
-    let fkey = FragKey {
-        ifindex,
-        id: frag_id,
-        proto: pkt.proto,
-        _pad: [0; 3],
-        src_addr: pkt.src,
-        dst_addr: pkt.dst,
-    };
     if fragment && !first_fragment {
+        let fkey = frag_key(ifindex, frag_id, &pkt);
         // SAFETY: the value is copied out at once.
         match unsafe { FG_FRAGS.get(&fkey) } {
             Some(ports) => {
@@ -554,14 +547,21 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         return Some(pkt);
     }
 
+    // The L4 header sits at a variable offset (IHL, IPv6 extension headers) that the verifier
+    // does not range-check for direct reads: one helper copy per header instead (the fixed
+    // IP header fields above are read directly).
     match pkt.proto {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+        PROTO_TCP => {
+            // Ports and the flags byte (offset 13) in one copy.
+            let hdr: [u8; 14] = ctx.load(l4).ok()?;
+            pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
+            pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
+            pkt.tcp_flags = hdr[13];
+        }
+        PROTO_UDP | PROTO_SCTP => {
             let ports: [u8; 4] = ctx.load(l4).ok()?;
             pkt.src_port = u16::from_be_bytes([ports[0], ports[1]]);
             pkt.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-            if pkt.proto == PROTO_TCP {
-                pkt.tcp_flags = ctx.load(l4 + 13).ok()?;
-            }
         }
         PROTO_ICMP => {
             let hdr: [u8; 8] = ctx.load(l4).ok()?;
@@ -593,6 +593,7 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         _ => {}
     }
     if fragment && more_fragments {
+        let fkey = frag_key(ifindex, frag_id, &pkt);
         let value = FragValue {
             src_port: pkt.src_port,
             dst_port: pkt.dst_port,
@@ -600,6 +601,34 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         let _ = FG_FRAGS.insert(&fkey, &value, 0);
     }
     Some(pkt)
+}
+
+/// The fragment map's key for a packet.
+#[inline(always)]
+fn frag_key(ifindex: u32, id: u32, pkt: &Packet) -> FragKey {
+    FragKey {
+        ifindex,
+        id,
+        proto: pkt.proto,
+        _pad: [0; 3],
+        src_addr: pkt.src,
+        dst_addr: pkt.dst,
+    }
+}
+
+/// A `T` at `offset`: read straight from the linear packet data when it is there (a bounds
+/// check and a load), else copied out with `bpf_skb_load_bytes` (non-linear skbs).
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return ctx.load::<T>(offset).ok();
+    }
+    let ptr = (start + offset) as *const T;
+    // SAFETY: the bytes [ptr, ptr + size_of::<T>()) are inside the packet's linear data
+    // (checked above); T is plain bytes or integers, read unaligned.
+    Some(unsafe { ptr.read_unaligned() })
 }
 
 #[inline(always)]
