@@ -50,7 +50,8 @@ pub struct Tables {
     /// By endpoint id.
     pub endpoints: HashMap<u32, LocalInfo>,
     pub attributions: HashMap<u32, Arc<[RuleRef]>>,
-    pub pods_by_ip: HashMap<IpAddr, PodInfo>,
+    /// Shared between generations when the pods did not change (policy edits).
+    pub pods_by_ip: Arc<HashMap<IpAddr, PodInfo>>,
 }
 
 impl Tables {
@@ -71,7 +72,7 @@ impl Tables {
         for info in self.endpoints.values_mut() {
             info.labels = filter(&info.labels);
         }
-        for info in self.pods_by_ip.values_mut() {
+        for info in Arc::make_mut(&mut self.pods_by_ip).values_mut() {
             info.labels = filter(&info.labels);
         }
         self
@@ -156,13 +157,13 @@ impl Tables {
             mode,
             endpoints,
             attributions,
-            pods_by_ip,
+            pods_by_ip: Arc::new(pods_by_ip),
         }
     }
 }
 
 /// How many generations are kept to resolve late events.
-pub const HISTORY: usize = 32;
+pub const HISTORY: usize = 16;
 
 #[derive(Debug)]
 pub struct Enricher {
@@ -193,7 +194,30 @@ impl Enricher {
     }
 
     /// Adds the tables of a generation now in the datapath.
-    pub fn push(&mut self, tables: Tables) {
+    /// Generations share what did not change: the pod table when the pods are the same, and
+    /// each pod's entry otherwise, so memory stays flat over many policy updates.
+    pub fn push(&mut self, mut tables: Tables) {
+        if let Some(last) = self.history.back() {
+            if *last.pods_by_ip == *tables.pods_by_ip {
+                tables.pods_by_ip = Arc::clone(&last.pods_by_ip);
+            } else {
+                let previous = Arc::clone(&last.pods_by_ip);
+                for (ip, info) in Arc::make_mut(&mut tables.pods_by_ip).iter_mut() {
+                    if let Some(old) = previous.get(ip)
+                        && old == info
+                    {
+                        info.clone_from(old);
+                    }
+                }
+            }
+            for (id, info) in &mut tables.endpoints {
+                if let Some(old) = last.endpoints.get(id)
+                    && old == info
+                {
+                    info.clone_from(old);
+                }
+            }
+        }
         self.history.retain(|t| t.generation != tables.generation);
         self.history.push_back(tables);
         while self.history.len() > HISTORY {
@@ -669,6 +693,36 @@ mod tests {
             assert_eq!(rfc3339(t), want, "{t}");
             assert_eq!(&*clock.format(t), want, "{t}");
         }
+    }
+
+    /// A policy-only change shares the pod table with the previous generation: memory does
+    /// not grow with the number of updates.
+    #[test]
+    fn generations_share_unchanged_pod_tables() {
+        let mut m = flowgate_policy::Manifests::new();
+        m.add_text("t.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: n}\nstatus: {podIP: 10.0.0.1}\n");
+        let cluster = Cluster::from_manifests(&mut m);
+        let locals = [flowgate_policy::compile::LocalEndpoint {
+            pod: "n/a".into(),
+            ifindex: 1,
+        }];
+        let first = flowgate_policy::compile::compile(&cluster, &locals, None);
+        let second = flowgate_policy::compile::compile(&cluster, &locals, Some(&first));
+        let mut e = Enricher::new("n1", 0);
+        e.push(Tables::from_snapshot(&cluster, &first, Mode::Enforce));
+        e.push(Tables::from_snapshot(&cluster, &second, Mode::Enforce));
+        let [a, b] = [&e.history[0], &e.history[1]];
+        assert!(
+            Arc::ptr_eq(&a.pods_by_ip, &b.pods_by_ip),
+            "the unchanged pod table is shared"
+        );
+        for _ in 0..(HISTORY * 2) {
+            let g = e.history.back().map_or(1, |t| t.generation + 1);
+            let mut t = Tables::from_snapshot(&cluster, &second, Mode::Enforce);
+            t.generation = g;
+            e.push(t);
+        }
+        assert_eq!(e.history.len(), HISTORY, "the history is bounded");
     }
 
     #[test]

@@ -313,7 +313,7 @@ fn tables(generation: u32, mode: Mode) -> Tables {
             ]
             .into(),
         )]),
-        pods_by_ip: HashMap::from([
+        pods_by_ip: Arc::new(HashMap::from([
             (
                 IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
                 PodInfo {
@@ -337,7 +337,7 @@ fn tables(generation: u32, mode: Mode) -> Tables {
                     }),
                 },
             ),
-        ]),
+        ])),
     }
 }
 

@@ -113,7 +113,7 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
             },
         )]),
         attributions: HashMap::from([(7, vec![rule("shop", "allow-frontend", 1)].into())]),
-        pods_by_ip: HashMap::from([(
+        pods_by_ip: Arc::new(HashMap::from([(
             IpAddr::V4(Ipv4Addr::new(10, 244, 1, 17)),
             PodInfo {
                 namespace: "shop".into(),
@@ -122,7 +122,7 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
                 node: Some("node-b".into()),
                 workload: None,
             },
-        )]),
+        )])),
     };
     let mut enricher = Enricher::new("node-a", 0);
     enricher.push(tables);
