@@ -191,6 +191,58 @@ impl Node {
         i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
     }
 
+    /// A `policy_snapshot` record of what is in force now (after `apply`).
+    pub fn policy_snapshot(
+        &mut self,
+        cluster: &Cluster,
+    ) -> flowgate_flows::node_record::NodeRecord {
+        use flowgate_flows::node_record::{EndpointSummary, NodeRecordType};
+        let mut e = EndpointSummary::default();
+        for state in self.snapshot.endpoints.values() {
+            e.total += 1;
+            e.ingress_isolated += u64::from(!state.ingress.isolated_by.is_empty());
+            e.egress_isolated += u64::from(!state.egress.isolated_by.is_empty());
+            let (ns, name) = state.pod.split_once('/').unwrap_or(("", &state.pod));
+            let covered = cluster
+                .pod_by_name(ns, name)
+                .is_some_and(|id| cluster.policies_selecting(id).next().is_some());
+            e.uncovered += u64::from(!covered);
+        }
+        let policies = u64::try_from(cluster.policies().count()).unwrap_or(u64::MAX);
+        let mut record = self.node_record(NodeRecordType::PolicySnapshot);
+        record.policies = Some(policies);
+        record.endpoints = Some(e);
+        record
+    }
+
+    /// A `heartbeat` record: the agent is alive, `flows` records so far.
+    pub fn heartbeat(&mut self, flows: u64) -> flowgate_flows::node_record::NodeRecord {
+        let mut record = self.node_record(flowgate_flows::node_record::NodeRecordType::Heartbeat);
+        record.flows = Some(flows);
+        record
+    }
+
+    fn node_record(
+        &mut self,
+        record_type: flowgate_flows::node_record::NodeRecordType,
+    ) -> flowgate_flows::node_record::NodeRecord {
+        flowgate_flows::node_record::NodeRecord {
+            schema: flowgate_flows::record::SCHEMA,
+            record_type,
+            time: flowgate_flows::enrich::rfc3339(self.enricher_now()),
+            seq: self.enricher.next_seq(),
+            node: self.enricher.node().to_owned(),
+            generation: self.snapshot.generation,
+            mode: match self.mode {
+                Mode::Enforce => RecordMode::Enforce,
+                Mode::Audit => RecordMode::Audit,
+            },
+            policies: None,
+            endpoints: None,
+            flows: None,
+        }
+    }
+
     /// Ring-buffer reserve failures so far (allow, deny, audit).
     pub fn lost(&self) -> Result<[u64; 3], NodeError> {
         Ok(self.datapath.lost_events()?)

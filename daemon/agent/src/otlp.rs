@@ -306,6 +306,10 @@ impl Loss {
                 let first = g.lost_seq.map_or(g.seq, |r| r.first.min(g.seq));
                 self.cover(first, g.seq);
             }
+            Record::Node(n) => {
+                self.lost.add(record.verdict_class(), 1);
+                self.cover(n.seq, n.seq);
+            }
         }
     }
 
@@ -876,6 +880,46 @@ pub fn log_fields(record: &Record) -> LogFields {
     match record {
         Record::Flow(f) => flow_fields(f),
         Record::Gap(g) => gap_fields(g),
+        Record::Node(n) => node_fields(n),
+    }
+}
+
+/// Heartbeats and policy snapshots: INFO log records with the generation and the counts.
+fn node_fields(n: &flowgate_flows::node_record::NodeRecord) -> LogFields {
+    let record_type = label(&n.record_type);
+    let mut a: Vec<(&'static str, AnyValue)> = vec![
+        ("flowgate.record_type", record_type.clone().into()),
+        ("flowgate.schema", n.schema.into()),
+        ("flowgate.seq", int(n.seq)),
+        ("flowgate.policy.generation", int(u64::from(n.generation))),
+        ("flowgate.mode", label(&n.mode).into()),
+    ];
+    if let Some(p) = n.policies {
+        a.push(("flowgate.policies", int(p)));
+    }
+    if let Some(e) = n.endpoints {
+        a.push(("flowgate.endpoints.total", int(e.total)));
+        a.push((
+            "flowgate.endpoints.ingress_isolated",
+            int(e.ingress_isolated),
+        ));
+        a.push(("flowgate.endpoints.egress_isolated", int(e.egress_isolated)));
+        a.push(("flowgate.endpoints.uncovered", int(e.uncovered)));
+    }
+    if let Some(f) = n.flows {
+        a.push(("flowgate.flows", int(f)));
+    }
+    LogFields {
+        timestamp: parse_rfc3339(&n.time),
+        severity: Severity::Info,
+        severity_text: "INFO",
+        event_name: if n.record_type == flowgate_flows::node_record::NodeRecordType::Heartbeat {
+            "flowgate.heartbeat"
+        } else {
+            "flowgate.policy_snapshot"
+        },
+        body: format!("{record_type}: generation {}", n.generation),
+        attributes: a,
     }
 }
 

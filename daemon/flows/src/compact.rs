@@ -86,6 +86,30 @@ pub fn compact(record: &Record, color: bool) -> String {
             .trim_end()
             .to_owned()
         }
+        Record::Node(n) => {
+            let what = match n.record_type {
+                crate::node_record::NodeRecordType::Heartbeat => {
+                    format!("heartbeat, {} flows so far", n.flows.unwrap_or(0))
+                }
+                crate::node_record::NodeRecordType::PolicySnapshot => {
+                    let e = n.endpoints.unwrap_or_default();
+                    format!(
+                        "policy generation applied: {} policies, {} pods ({} ingress-isolated, {} egress-isolated, {} uncovered)",
+                        n.policies.unwrap_or(0),
+                        e.total,
+                        e.ingress_isolated,
+                        e.egress_isolated,
+                        e.uncovered
+                    )
+                }
+            };
+            format!(
+                "{} {} generation {} {what}",
+                paint(DIM, &clock(&n.time)),
+                paint(DIM, &format!("{:<10}", "NODE")),
+                n.generation
+            )
+        }
         Record::Gap(g) => {
             let seqs = g
                 .lost_seq

@@ -38,7 +38,7 @@ impl Filter {
 
     pub fn matches(&self, record: &Record) -> bool {
         match record {
-            Record::Gap(_) => true,
+            Record::Gap(_) | Record::Node(_) => true,
             Record::Flow(f) => self.verdicts.is_empty() || self.verdicts.contains(&f.verdict),
         }
     }

@@ -10,6 +10,7 @@ pub mod gap;
 pub mod json;
 pub mod jsonl;
 pub mod metrics;
+pub mod node_record;
 pub mod ocsf;
 pub mod pipeline;
 pub mod record;

@@ -93,6 +93,8 @@ impl EncodeLabelValue for VerdictClass {
 enum RecordType {
     Flow,
     Gap,
+    Heartbeat,
+    PolicySnapshot,
 }
 
 impl EncodeLabelValue for RecordType {
@@ -100,6 +102,8 @@ impl EncodeLabelValue for RecordType {
         encoder.write_str(match self {
             Self::Flow => "flow",
             Self::Gap => "gap",
+            Self::Heartbeat => "heartbeat",
+            Self::PolicySnapshot => "policy_snapshot",
         })
     }
 }
@@ -488,6 +492,17 @@ impl Metrics {
         match record {
             Record::Flow(flow) => self.observe_flow(flow),
             Record::Gap(gap) => self.observe_gap(gap),
+            Record::Node(node) => {
+                let record_type = match node.record_type {
+                    crate::node_record::NodeRecordType::Heartbeat => RecordType::Heartbeat,
+                    crate::node_record::NodeRecordType::PolicySnapshot => {
+                        RecordType::PolicySnapshot
+                    }
+                };
+                self.records
+                    .get_or_create(&RecordLabels { record_type })
+                    .inc();
+            }
         }
     }
 

@@ -32,7 +32,47 @@ pub fn to_ocsf(record: &Record) -> Value {
     match record {
         Record::Flow(flow) => network_activity(flow),
         Record::Gap(gap) => base_event_for_gap(gap),
+        Record::Node(node) => base_event_for_node(node),
     }
+}
+
+/// Heartbeats and policy snapshots: OCSF Base Events (activity "Other") with the record kept
+/// whole in `unmapped`.
+fn base_event_for_node(n: &crate::node_record::NodeRecord) -> Value {
+    let name = match n.record_type {
+        crate::node_record::NodeRecordType::Heartbeat => "heartbeat",
+        crate::node_record::NodeRecordType::PolicySnapshot => "policy_snapshot",
+    };
+    let mut ev = Map::new();
+    put(&mut ev, "class_uid", BASE_EVENT_CLASS);
+    put(&mut ev, "class_name", "Base Event");
+    put(&mut ev, "category_uid", 0);
+    put(&mut ev, "category_name", "Uncategorized");
+    put(&mut ev, "activity_id", 99);
+    put(&mut ev, "activity_name", name);
+    put(&mut ev, "type_uid", u64::from(BASE_EVENT_CLASS) * 100 + 99);
+    put(&mut ev, "type_name", "Base Event: Other");
+    put_time(&mut ev, "time", &n.time);
+    put(&mut ev, "timezone_offset", 0);
+    put_id(&mut ev, "severity_id", "severity", id(1, "Informational"));
+    put_id(&mut ev, "status_id", "status", id(1, "Success"));
+    put(
+        &mut ev,
+        "message",
+        format!("{name}: generation {}", n.generation),
+    );
+    put(&mut ev, "device", device(&n.node));
+    put(
+        &mut ev,
+        "metadata",
+        metadata::<&str>(n.schema, n.seq, &n.time, &["host"], &[]),
+    );
+    put(
+        &mut ev,
+        "unmapped",
+        serde_json::to_value(n).unwrap_or_default(),
+    );
+    Value::Object(ev)
 }
 
 /// An OCSF enum attribute pair: the id and its caption.

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 
 use crate::gap::{GapRecord, LostCounts, SeqRange, Stage, VerdictClass};
+use crate::node_record::NodeRecord;
 use crate::record::{FlowRecord, Verdict};
 
 /// Room for a typical record's JSON line, so `to_json` allocates once.
@@ -27,6 +28,8 @@ const JSON_CAPACITY: usize = 1024;
 pub enum Record {
     Flow(FlowRecord),
     Gap(GapRecord),
+    /// `heartbeat` and `policy_snapshot`.
+    Node(NodeRecord),
 }
 
 impl Record {
@@ -34,6 +37,7 @@ impl Record {
         match self {
             Self::Flow(f) => f.seq,
             Self::Gap(g) => g.seq,
+            Self::Node(n) => n.seq,
         }
     }
 
@@ -41,6 +45,7 @@ impl Record {
         match self {
             Self::Flow(f) => &f.time,
             Self::Gap(g) => &g.time,
+            Self::Node(n) => &n.time,
         }
     }
 
@@ -54,6 +59,7 @@ impl Record {
                 Verdict::AuditDeny => VerdictClass::Audit,
             },
             Self::Gap(_) => VerdictClass::Deny,
+            Self::Node(_) => VerdictClass::Allow,
         }
     }
 
@@ -71,6 +77,10 @@ impl Record {
         match self {
             Self::Flow(f) => crate::json::write_flow(out, f),
             Self::Gap(g) => crate::json::write_gap(out, g),
+            // Rare records: serde is fast enough.
+            Self::Node(n) => {
+                let _ = serde_json::to_writer(&mut *out, n);
+            }
         }
     }
 }

@@ -527,13 +527,48 @@ fn gap_cases() -> Vec<(&'static str, Record)> {
 fn all_cases() -> Vec<(&'static str, Record)> {
     let mut cases = flow_cases();
     cases.extend(gap_cases());
+    cases.extend(node_cases());
     cases
+}
+
+/// A heartbeat and a policy snapshot, as the agent writes them.
+fn node_cases() -> Vec<(&'static str, Record)> {
+    use flowgate_flows::node_record::{EndpointSummary, NodeRecord, NodeRecordType};
+    let base = NodeRecord {
+        schema: flowgate_flows::record::SCHEMA,
+        record_type: NodeRecordType::Heartbeat,
+        time: "2026-11-28T18:00:10.000000000Z".into(),
+        seq: 40,
+        node: "node-a".into(),
+        generation: 3,
+        mode: flowgate_flows::record::Mode::Enforce,
+        policies: None,
+        endpoints: None,
+        flows: Some(39),
+    };
+    let snapshot = NodeRecord {
+        record_type: NodeRecordType::PolicySnapshot,
+        seq: 41,
+        flows: None,
+        policies: Some(12),
+        endpoints: Some(EndpointSummary {
+            total: 5,
+            ingress_isolated: 4,
+            egress_isolated: 1,
+            uncovered: 1,
+        }),
+        ..base.clone()
+    };
+    vec![
+        ("heartbeat", Record::Node(base)),
+        ("policy snapshot", Record::Node(snapshot)),
+    ]
 }
 
 fn flow(record: &Record) -> &flowgate_flows::FlowRecord {
     match record {
         Record::Flow(f) => f,
-        Record::Gap(_) => panic!("expected a flow record"),
+        Record::Gap(_) | Record::Node(_) => panic!("expected a flow record"),
     }
 }
 
@@ -885,15 +920,31 @@ fn broken_records_fail_validation() {
             "'{what}' must fail validation: {broken}"
         );
     }
-    // Reserved record types: their envelope is enough.
+    // Heartbeats are closed records now: an unknown key, or a missing `flows`, fails.
     let heartbeat = json!({
         "schema": "flowgate.flow/v1", "record_type": "heartbeat",
-        "time": "2026-11-28T18:00:00.000000000Z", "seq": 5, "node": "node-a", "last_seq": 4
+        "time": "2026-11-28T18:00:00.000000000Z", "seq": 5, "node": "node-a",
+        "generation": 2, "mode": "enforce", "flows": 4
     });
     assert!(
         validator.is_valid(&heartbeat),
         "{:?}",
         errors(&validator, &heartbeat)
+    );
+    let mut extra = heartbeat.clone();
+    extra["last_seq"] = json!(4);
+    assert!(!validator.is_valid(&extra), "an unknown key fails");
+    let mut missing = heartbeat.clone();
+    missing.as_object_mut().unwrap().remove("flows");
+    assert!(
+        !validator.is_valid(&missing),
+        "a heartbeat without flows fails"
+    );
+    let mut snapshot_with_flows = heartbeat;
+    snapshot_with_flows["record_type"] = json!("policy_snapshot");
+    assert!(
+        !validator.is_valid(&snapshot_with_flows),
+        "a policy snapshot needs policies and endpoints"
     );
 }
 
@@ -1104,6 +1155,14 @@ fn ocsf_events_follow_the_mapping_tables() {
                 check_field_table("ocsf-flow", case, &native, &event);
                 check_verdict_table(case, &native, &event);
                 check_flow_rules(case, f, &event);
+            }
+            Record::Node(n) => {
+                assert_eq!(event["class_uid"], 0, "{case}: a Base Event");
+                assert_eq!(event["activity_name"], native["record_type"], "{case}");
+                assert_eq!(
+                    event["unmapped"]["generation"], n.generation,
+                    "{case}: the record is kept in unmapped"
+                );
             }
             Record::Gap(g) => {
                 check_field_table("ocsf-gap", case, &native, &event);

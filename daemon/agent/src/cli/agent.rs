@@ -106,6 +106,10 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', env = "FLOWGATE_RECORD_LABELS")]
     pub record_labels: Vec<String>,
 
+    /// Seconds between two heartbeat records (0: none).
+    #[arg(long, default_value = "10", env = "FLOWGATE_HEARTBEAT_SECS")]
+    pub heartbeat_secs: u64,
+
     /// Records kept in memory for /v1/flows?last=N.
     #[arg(long, default_value = "10000", env = "FLOWGATE_RECENT")]
     pub recent: usize,
@@ -344,6 +348,7 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         Arc::new(node.snapshot().clone()),
     );
     api.ready.store(true, Ordering::Relaxed);
+    fanout.publish(Record::Node(node.policy_snapshot(&loaded.cluster)));
     eprintln!(
         "flowgate agent: node {} ({} pods), mode {:?}, generation {} applied: {} map ops, {} policy cells, compile {:.1} ms, write {:.1} ms; API on http://{}",
         args.node_name,
@@ -383,6 +388,7 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
             let mut last = fingerprint(&args.manifests);
             let mut last_poll = Instant::now();
             let mut last_loss_check = Instant::now();
+            let mut last_heartbeat = Instant::now();
             loop {
                 for r in node.drain() {
                     *counts
@@ -397,6 +403,13 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
                     }
                     metrics.sinks(&fanout.stats());
                 }
+                if args.heartbeat_secs > 0
+                    && last_heartbeat.elapsed() >= Duration::from_secs(args.heartbeat_secs)
+                {
+                    last_heartbeat = Instant::now();
+                    let flows = counts.values().sum();
+                    fanout.publish(Record::Node(node.heartbeat(flows)));
+                }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(());
                 }
@@ -406,6 +419,7 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
                     if now != last {
                         last = now;
                         if let Some(stats) = reload(args, &mut node, &mut loaded) {
+                            fanout.publish(Record::Node(node.policy_snapshot(&loaded.cluster)));
                             metrics.applied(&stats, node.snapshot(), &loaded.cluster);
                             api.set_policy(
                                 Arc::new(loaded.cluster.clone()),

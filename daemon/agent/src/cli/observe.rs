@@ -303,6 +303,11 @@ fn parse_record(value: &serde_json::Value) -> Option<Record> {
         "gap" => serde_json::from_value::<flowgate_flows::gap::GapRecord>(value.clone())
             .ok()
             .map(Record::Gap),
+        "heartbeat" | "policy_snapshot" => {
+            serde_json::from_value::<flowgate_flows::node_record::NodeRecord>(value.clone())
+                .ok()
+                .map(Record::Node)
+        }
         _ => None,
     }
 }

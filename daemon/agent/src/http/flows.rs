@@ -93,7 +93,7 @@ impl FlowQuery {
     pub fn matches(&self, record: &Record) -> bool {
         match record {
             // Loss reports always reach every subscriber.
-            Record::Gap(_) => true,
+            Record::Gap(_) | Record::Node(_) => true,
             Record::Flow(f) => self.matches_flow(f),
         }
     }
@@ -161,6 +161,7 @@ fn event(record: &Record) -> Event {
     let kind = match record {
         Record::Flow(_) => "flow",
         Record::Gap(_) => "gap",
+        Record::Node(_) => "node",
     };
     Event::default()
         .event(kind)
