@@ -205,11 +205,16 @@ fn prometheus_scrapes_exactly_the_verdicts_the_agent_reported() {
             "record does not validate: {errors:?}\n{r}"
         );
     }
+    let mut flows = records.iter().filter(|r| r["record_type"] == "flow");
+    assert!(
+        flows.all(|r| r["counters"]["bytes"].as_u64().is_some_and(|b| b > 0)),
+        "byte counts are reported"
+    );
     assert!(
         records
             .iter()
-            .all(|r| r["counters"]["bytes"].as_u64().is_some_and(|b| b > 0)),
-        "byte counts are reported"
+            .any(|r| r["record_type"] == "policy_snapshot"),
+        "the applied generation is reported"
     );
     let expected = expected_series(&records);
     assert!(

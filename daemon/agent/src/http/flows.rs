@@ -93,7 +93,18 @@ impl FlowQuery {
     pub fn matches(&self, record: &Record) -> bool {
         match record {
             // Loss reports always reach every subscriber.
-            Record::Gap(_) | Record::Node(_) => true,
+            Record::Gap(_) => true,
+            // Heartbeats and policy snapshots are about the node, not a flow: shown unless the
+            // query asks for particular flows.
+            Record::Node(_) => {
+                self.namespace.is_none()
+                    && self.pod.is_none()
+                    && self.from_pod.is_none()
+                    && self.to_pod.is_none()
+                    && self.direction.is_none()
+                    && self.verdict.is_none()
+                    && self.policy.is_none()
+            }
             Record::Flow(f) => self.matches_flow(f),
         }
     }
