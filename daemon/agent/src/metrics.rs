@@ -31,6 +31,13 @@ impl AgentMetrics {
         }
     }
 
+    /// At most `max_series` series per label family; further label sets go to `__other__`.
+    pub fn with_max_series(max_series: usize) -> Self {
+        Self {
+            metrics: Arc::new(Metrics::with_max_series(max_series)),
+        }
+    }
+
     /// What `/metrics` serves.
     pub fn text(&self) -> MetricsText {
         let m = Arc::clone(&self.metrics);

@@ -106,6 +106,11 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', env = "FLOWGATE_RECORD_LABELS")]
     pub record_labels: Vec<String>,
 
+    /// At most this many series per Prometheus label family (per policy/rule, per namespace
+    /// pair, ...); further label sets are counted under `__other__` (docs/metrics.md).
+    #[arg(long, default_value = "10000", env = "FLOWGATE_METRICS_MAX_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_max_series: u64,
+
     /// Seconds between two heartbeat records (0: none).
     #[arg(long, default_value = "10", env = "FLOWGATE_HEARTBEAT_SECS")]
     pub heartbeat_secs: u64,
@@ -308,7 +313,9 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
     }
 
     // The HTTP API first: a port that cannot be bound is a configuration error.
-    let metrics = crate::metrics::AgentMetrics::new();
+    let metrics = crate::metrics::AgentMetrics::with_max_series(
+        usize::try_from(args.metrics_max_series).unwrap_or(usize::MAX),
+    );
     let api = ApiState::new(metrics.text(), token);
     let listener = std::net::TcpListener::bind(args.http_addr)
         .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
