@@ -18,7 +18,7 @@ use super::lab::ModeArg;
 use super::manifests::{self, ManifestArgs};
 use super::{Exit, is_root};
 use crate::http::{self, ApiState};
-use crate::lab::{Lab, LabProbe, LabSpec, ProbeEnd, install_interrupt_cleanup};
+use crate::lab::{Lab, LabProbe, ProbeEnd, install_interrupt_cleanup};
 use crate::node::Node;
 use crate::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, parse_headers};
 
@@ -298,19 +298,7 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         .iter()
         .filter_map(|p| probe::resolve(&loaded.cluster, p).ok())
         .collect();
-    let mut spec = LabSpec::from_cluster(&loaded.cluster);
-    for f in &flows {
-        for (ip, pod) in [(f.src_ip, f.src_pod), (f.dst_ip, f.dst_pod)] {
-            if pod.is_none() && !spec.externals.contains(&ip) {
-                spec.externals.push(ip);
-            }
-        }
-        if let Some(port) = f.port
-            && !spec.extra_ports.contains(&(f.protocol, port))
-        {
-            spec.extra_ports.push((f.protocol, port));
-        }
-    }
+    let spec = super::lab::lab_spec(&loaded.cluster, &flows);
 
     // The HTTP API first: a port that cannot be bound is a configuration error.
     let metrics = crate::metrics::AgentMetrics::with_max_series(

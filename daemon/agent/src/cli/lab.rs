@@ -103,6 +103,25 @@ fn outcome_text(outcome: &Outcome) -> String {
     }
 }
 
+/// The lab for a cluster and the flows to run in it: every pod, a host for each address outside
+/// the cluster, and servers on every probed port.
+pub fn lab_spec(cluster: &flowgate_policy::Cluster, flows: &[Flow]) -> LabSpec {
+    let mut spec = LabSpec::from_cluster(cluster);
+    for flow in flows {
+        for (ip, pod) in [(flow.src_ip, flow.src_pod), (flow.dst_ip, flow.dst_pod)] {
+            if pod.is_none() && !spec.externals.contains(&ip) {
+                spec.externals.push(ip);
+            }
+        }
+        if let Some(port) = flow.port
+            && !spec.extra_ports.contains(&(flow.protocol, port))
+        {
+            spec.extra_ports.push((flow.protocol, port));
+        }
+    }
+    spec
+}
+
 /// The records that belong to a probe's flow.
 pub fn records_for<'a>(
     records: &'a [FlowRecord],
@@ -157,20 +176,8 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
             )
         })
         .collect();
-    let mut spec = LabSpec::from_cluster(cluster);
-    for (_, _, flow) in &resolved {
-        let Some(flow) = flow else { continue };
-        for (ip, pod) in [(flow.src_ip, flow.src_pod), (flow.dst_ip, flow.dst_pod)] {
-            if pod.is_none() && !spec.externals.contains(&ip) {
-                spec.externals.push(ip);
-            }
-        }
-        if let Some(port) = flow.port
-            && !spec.extra_ports.contains(&(flow.protocol, port))
-        {
-            spec.extra_ports.push((flow.protocol, port));
-        }
-    }
+    let flows: Vec<Flow> = resolved.iter().filter_map(|(_, _, f)| *f).collect();
+    let spec = lab_spec(cluster, &flows);
 
     install_interrupt_cleanup().context("installing the Ctrl-C cleanup")?;
     let lab = Lab::build(&spec).context("building the lab node")?;
