@@ -35,6 +35,23 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The tag `enrich` puts on egress flows to a public address outside the cluster.
 pub const EGRESS_TO_WORLD_TAG: &str = "egress_to_world";
 
+/// Every family `Metrics` exports, by the name queries use (counters with `_total`; the
+/// histogram without its `_bucket`/`_sum`/`_count` suffixes) and its type. A family with no
+/// series is left out of the exposition, so this list is what dashboards and alert rules are
+/// checked against; a test compares it with the exposition once every family has a series.
+pub const FAMILIES: [(&str, &str); 10] = [
+    ("flowgate_verdicts_total", "counter"),
+    ("flowgate_denied_packets_total", "counter"),
+    ("flowgate_namespace_flows_total", "counter"),
+    ("flowgate_egress_world_total", "counter"),
+    ("flowgate_events_lost_total", "counter"),
+    ("flowgate_records_total", "counter"),
+    ("flowgate_policy_generation", "gauge"),
+    ("flowgate_endpoints", "gauge"),
+    ("flowgate_policy_apply_seconds", "histogram"),
+    ("flowgate_metrics_overflow_total", "counter"),
+];
+
 // ---------------------------------------------------------------------------------------------
 // Label values: the same lowercase strings as the flow record's JSON.
 

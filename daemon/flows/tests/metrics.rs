@@ -9,7 +9,7 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,6 +192,27 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
         1,
         "only the public destination is egress to the world"
     );
+    // Every family now has a series, so the exposition names them all: it must name exactly
+    // `FAMILIES`, the list dashboards and alert rules are checked against.
+    m.observe_policy_apply(Duration::from_millis(1));
+    let exposed: BTreeSet<(String, String)> = encode(&m)
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|rest| {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            (name, kind.to_owned())
+        })
+        .collect();
+    let listed: BTreeSet<(String, String)> = flowgate_flows::metrics::FAMILIES
+        .iter()
+        .map(|(n, k)| ((*n).to_owned(), (*k).to_owned()))
+        .collect();
+    assert_eq!(exposed, listed, "metrics::FAMILIES vs the exposition");
     for forbidden in [
         "10.244.",
         "203.0.113",
