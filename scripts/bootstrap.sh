@@ -71,6 +71,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# Node.js and the pinned npm packages (@grafana/schema, typescript) that type-check the
+# Grafana dashboards. `npm ci` only when the lock file changed since the last install.
+if ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "apt-get install nodejs npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null 2>&1 ||
+      { say "apt-get install nodejs npm failed" >&2; exit 1; }
+  else
+    say "npm is missing (install nodejs and npm as root)" >&2
+  fi
+fi
+schema_dir=tools/grafana-schema  # the script runs from the repository root (cd above)
+if command -v npm >/dev/null 2>&1 &&
+  ! cmp -s "$schema_dir/package-lock.json" "$schema_dir/node_modules/.flowgate-lock"; then
+  say "npm ci in tools/grafana-schema"
+  (cd "$schema_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+    { say "npm ci in tools/grafana-schema failed" >&2; exit 1; }
+  cp "$schema_dir/package-lock.json" "$schema_dir/node_modules/.flowgate-lock"
+fi
+
 # bpffs, for pinning the datapath across agent restarts.
 if [ "$(id -u)" = 0 ] && ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
   say "mounting bpffs at /sys/fs/bpf"

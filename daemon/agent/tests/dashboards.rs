@@ -8,6 +8,8 @@
 //!   exactly the exported families;
 //! - every `$variable` an expression uses is defined by the dashboard or is a Grafana built-in;
 //! - panel ids are unique, every panel and target queries the `${datasource}` variable.
+//! - the dashboards type-check against npm `@grafana/schema` (`tools/grafana-schema/`) with
+//!   TypeScript's strict mode and excess-property checks.
 //!
 //! Each check is also run on a broken input that it must reject.
 
@@ -243,7 +245,7 @@ fn dashboards_and_alerts_use_only_metrics_the_agent_exports() {
     // Variable queries name metrics too: label_values(<selector>, <label>).
     for name in DASHBOARDS {
         for var in dashboard(name)["templating"]["list"].as_array().unwrap() {
-            if let Some(q) = var["definition"].as_str() {
+            if let Some(q) = var["query"]["query"].as_str() {
                 all.push(q.to_owned());
             }
         }
@@ -359,6 +361,101 @@ fn dashboards_are_well_formed() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// `tsc --noEmit --strict` on `tools/grafana-schema/generated/<tag>-*.ts`, one file per
+/// `(name, json)`, each `export const dashboard: DashboardJson = <json>;`. Err carries tsc's
+/// output.
+fn grafana_schema_check(tag: &str, dashboards: &[(&str, String)]) -> Result<(), String> {
+    let tools = root().join("tools/grafana-schema");
+    let tsc = tools.join("node_modules/.bin/tsc");
+    assert!(
+        tsc.is_file()
+            && tools
+                .join("node_modules/@grafana/schema/package.json")
+                .is_file(),
+        "{} is missing: scripts/bootstrap.sh installs @grafana/schema and typescript (npm ci)",
+        tsc.display()
+    );
+    let dir = tools.join("generated");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (name, json) in dashboards {
+        let path = dir.join(format!("{tag}-{}.ts", name.trim_end_matches(".json")));
+        let source = format!(
+            "import type {{ DashboardJson }} from \"../dashboard-json\";\n\
+             export const dashboard: DashboardJson = {json};\n"
+        );
+        std::fs::write(&path, source).unwrap();
+        files.push(path);
+    }
+    let output = Command::new(&tsc)
+        .args([
+            "--noEmit",
+            "--strict",
+            "--skipLibCheck",
+            "--module",
+            "esnext",
+            "--moduleResolution",
+            "bundler",
+            "--target",
+            "es2022",
+        ])
+        .args(&files)
+        .current_dir(&tools)
+        .output()
+        .expect("running tsc");
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+#[test]
+fn dashboards_type_check_against_grafana_schema() {
+    let dashboards: Vec<(&str, String)> = DASHBOARDS
+        .iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(root().join("dashboards").join(n)).unwrap();
+            (*n, text)
+        })
+        .collect();
+    if let Err(out) = grafana_schema_check("ok", &dashboards) {
+        panic!("the dashboards do not type-check against @grafana/schema:\n{out}");
+    }
+}
+
+#[test]
+fn the_schema_check_rejects_unknown_keys_and_wrong_values() {
+    let base = dashboard(DASHBOARDS[0]);
+    let mut unknown_key = base.clone();
+    unknown_key["graphTooltipp"] = Value::from(1);
+    let mut wrong_value = base.clone();
+    wrong_value["panels"][1]["fieldConfig"]["defaults"]["color"] =
+        serde_json::json!({"mode": "traffic-light"});
+    let mut wrong_type = base;
+    wrong_type["refresh"] = Value::from(30);
+    for (name, broken, expected) in [
+        ("unknown-key", unknown_key, "graphTooltipp"),
+        ("wrong-value", wrong_value, "traffic-light"),
+        ("wrong-type", wrong_type, "TS2322"),
+    ] {
+        match grafana_schema_check(&format!("broken-{name}"), &[(name, broken.to_string())]) {
+            Ok(()) => panic!("{name}: tsc accepted a broken dashboard"),
+            Err(out) => assert!(
+                out.contains(expected),
+                "{name}: tsc failed otherwise:\n{out}"
+            ),
         }
     }
 }
