@@ -1,17 +1,22 @@
-//! The Grafana dashboards in `dashboards/` and the alert rules in `deploy/prometheus/`:
+//! What an operator installs next to the agent: the Prometheus alert rules in
+//! `deploy/prometheus/` and the Grafana dashboards in `dashboards/`.
 //!
-//! - every PromQL expression (panel targets, and the alert rules) parses: they are written into
-//!   a rules file as recording rules and `promtool check rules` must accept it, after Grafana's
-//!   template variables are replaced by values;
-//! - every `flowgate_*` metric they name is one the agent exports (`metrics::FAMILIES`, which
-//!   flowgate-flows' tests compare with the registry's exposition), and docs/metrics.md lists
-//!   exactly the exported families;
-//! - every `$variable` an expression uses is defined by the dashboard or is a Grafana built-in;
-//! - panel ids are unique, every panel and target queries the `${datasource}` variable.
+//! - `promtool check rules` accepts `flowgate-alerts.rules.yaml` and `promtool test rules`
+//!   passes its unit tests in `flowgate-alerts.test.yaml` (a firing and a non-firing case for
+//!   every alert);
+//! - every dashboard query parses as PromQL: they are written into a rules file as recording
+//!   rules and `promtool check rules` must accept it, after Grafana's template variables are
+//!   replaced by values;
+//! - every `flowgate_*` metric the dashboards and alert rules name is one the agent exports
+//!   (`metrics::FAMILIES`, which flowgate-flows' tests compare with the registry's
+//!   exposition), and docs/metrics.md lists exactly the exported families;
+//! - every `$variable` a query uses is defined by the dashboard or is a Grafana built-in;
+//! - panel ids are unique, every panel and target queries the `${datasource}` variable;
 //! - the dashboards type-check against npm `@grafana/schema` (`tools/grafana-schema/`) with
 //!   TypeScript's strict mode and excess-property checks.
 //!
-//! Each check is also run on a broken input that it must reject.
+//! Each check is also run on a broken input that it must reject. promtool comes with Debian's
+//! prometheus package and the npm packages with `npm ci`; scripts/bootstrap.sh installs both.
 
 #![allow(
     clippy::unwrap_used,
@@ -171,7 +176,43 @@ fn promtool() -> PathBuf {
     path
 }
 
-/// `promtool check rules` on the expressions as recording rules; Err carries its output.
+/// Runs `command`; Err carries its status and output unless it succeeds.
+fn run(mut command: Command) -> Result<(), String> {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{command:?} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// `promtool <args>` in the repository root.
+fn promtool_in_root(args: &[&str]) -> Result<(), String> {
+    let mut command = Command::new(promtool());
+    command.args(args).current_dir(root());
+    run(command)
+}
+
+#[test]
+fn alert_rules_pass_promtool_check() {
+    let rules = "deploy/prometheus/flowgate-alerts.rules.yaml";
+    promtool_in_root(&["check", "rules", rules]).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn alert_rules_pass_their_promtool_unit_tests() {
+    let tests = "deploy/prometheus/flowgate-alerts.test.yaml";
+    promtool_in_root(&["test", "rules", tests]).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `promtool check rules` on the expressions as recording rules.
 fn promtool_parses(tag: &str, exprs: &[String]) -> Result<(), String> {
     let rules: Vec<Value> = exprs
         .iter()
@@ -185,21 +226,11 @@ fn promtool_parses(tag: &str, exprs: &[String]) -> Result<(), String> {
     ));
     // YAML is a superset of JSON: promtool reads this file as a rules file.
     std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
-    let output = Command::new(promtool())
-        .args(["check", "rules"])
-        .arg(&path)
-        .output()
-        .expect("running promtool");
+    let mut command = Command::new(promtool());
+    command.args(["check", "rules"]).arg(&path);
+    let result = run(command);
     let _ = std::fs::remove_file(&path);
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    result
 }
 
 #[test]
@@ -391,7 +422,8 @@ fn grafana_schema_check(tag: &str, dashboards: &[(&str, String)]) -> Result<(), 
         std::fs::write(&path, source).unwrap();
         files.push(path);
     }
-    let output = Command::new(&tsc)
+    let mut command = Command::new(&tsc);
+    command
         .args([
             "--noEmit",
             "--strict",
@@ -404,21 +436,12 @@ fn grafana_schema_check(tag: &str, dashboards: &[(&str, String)]) -> Result<(), 
             "es2022",
         ])
         .args(&files)
-        .current_dir(&tools)
-        .output()
-        .expect("running tsc");
+        .current_dir(&tools);
+    let result = run(command);
     for f in &files {
         let _ = std::fs::remove_file(f);
     }
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    result
 }
 
 #[test]
