@@ -373,6 +373,19 @@ fn default_deny_drops_with_isolating_policy_and_deduplicates() {
         let (rc, evs) = h.run(programs::TO_POD, &syn);
         assert_eq!((rc, evs.len()), (TC_ACT_SHOT, 0));
     }
+    // A policy change ends the window: the next drop is reported at once under the new
+    // generation (its own attribution), carrying the five packets folded so far.
+    let before = h.snap.generation;
+    h.update(DENY_ALL, Mode::Enforce);
+    assert_ne!(h.snap.generation, before);
+    let (rc, evs) = h.run(programs::TO_POD, &syn);
+    let ev = one(&evs);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(
+        (ev.verdict, ev.generation, ev.count),
+        (verdict::DENY, h.snap.generation, 6),
+        "the first drop under the new policy is reported at once"
+    );
     // web's own new connections out are denied (egress isolated, no rules).
     let (rc, evs) = h.run(
         programs::FROM_POD,

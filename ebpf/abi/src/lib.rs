@@ -333,6 +333,10 @@ pub struct DedupValue {
     pub pending: u32,
     /// Their bytes.
     pub pending_bytes: u32,
+    /// Policy generation of the last event: a drop under a newer generation is reported at once
+    /// (with its own attribution), not folded into the old window.
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(size_of::<PolicyKeyData>() == 12);
@@ -341,7 +345,7 @@ const _: () = assert!(core::mem::align_of::<FlowEvent>() == 8);
 const _: () = assert!(size_of::<CtKey>() == 44);
 const _: () = assert!(size_of::<CtValue>() == 16);
 const _: () = assert!(size_of::<FragKey>() == 44);
-const _: () = assert!(size_of::<DedupValue>() == 24);
+const _: () = assert!(size_of::<DedupValue>() == 32);
 const _: () = assert!(size_of::<Active>() == 8);
 const _: () = assert!(size_of::<EndpointKey>() == 8);
 const _: () = assert!(size_of::<EndpointInfo>() == 20);

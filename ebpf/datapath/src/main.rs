@@ -349,19 +349,21 @@ fn deny(ep: &EndpointInfo, dir: u8, pkt: &Packet, key: &mut CtKey, d: &Decision,
         Some(state) => {
             // SAFETY: a valid map value pointer; plain integer fields; races between CPUs can
             // only merge two counts into one event, never lose the event.
-            let (last, pending, bytes) = unsafe {
+            let (last, pending, bytes, generation) = unsafe {
                 (
                     (*state).last_emit_ns,
                     (*state).pending + 1,
                     (*state).pending_bytes.saturating_add(pkt.len),
+                    (*state).generation,
                 )
             };
-            if now.wrapping_sub(last) >= DENY_WINDOW_NS {
+            if now.wrapping_sub(last) >= DENY_WINDOW_NS || generation != ep.generation {
                 // SAFETY: as above.
                 unsafe {
                     (*state).last_emit_ns = now;
                     (*state).pending = 0;
                     (*state).pending_bytes = 0;
+                    (*state).generation = ep.generation;
                 }
                 emit(
                     ep,
@@ -387,6 +389,8 @@ fn deny(ep: &EndpointInfo, dir: u8, pkt: &Packet, key: &mut CtKey, d: &Decision,
                 last_emit_ns: now,
                 pending: 0,
                 pending_bytes: 0,
+                generation: ep.generation,
+                _pad: 0,
             };
             let _ = FG_DENY_DEDUP.insert(dkey, &value, 0);
             emit(ep, dir, pkt, verdict::DENY, d, (1, pkt.len), now, flags);
