@@ -4,7 +4,8 @@
 //! - `deploy/flowgate.yaml` is the chart rendered with its default values (`deploy/render.sh`),
 //!   byte for byte, so the two cannot drift;
 //! - `helm lint --strict` passes with the default values and with `ci/*-values.yaml`, and the
-//!   chart's `values.schema.json` rejects bad values (mode: block, a misspelt key, ...);
+//!   chart's `values.schema.json` rejects bad values (mode: block, a misspelt key, ...); every
+//!   value has a comment in `values.yaml` and a row in the chart's README.md;
 //! - every rendering passes `kubernetes-validate --strict` for the oldest Kubernetes the chart
 //!   supports, 1.33 and the newest the pinned package knows. The ServiceMonitor and
 //!   PrometheusRule are CRDs it has no schema for (it only warns): they are validated against

@@ -551,3 +551,91 @@ fn custom_values_reach_the_manifests() {
         "a random token of 48 characters, base64: {token}"
     );
 }
+
+/// The value paths `values.schema.json` describes down to its leaves (free-form objects such as
+/// `resources` are leaves).
+fn schema_leaves(schema: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    for (key, property) in schema["properties"].as_object().into_iter().flatten() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if property["properties"].is_object() {
+            schema_leaves(property, &path, out);
+        } else {
+            out.insert(path);
+        }
+    }
+}
+
+/// Every value of the schema is in values.yaml with a comment right above it, and in the
+/// chart's README.md.
+fn values_doc_problems(values_yaml: &str, readme: &str, schema: &Value) -> Vec<String> {
+    let mut leaves = BTreeSet::new();
+    schema_leaves(schema, "", &mut leaves);
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut previous = "";
+    for line in values_yaml.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            previous = trimmed;
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        let path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).chain([key]).collect();
+        let path = path.join(".");
+        stack.push((indent, key.to_owned()));
+        if leaves.contains(&path) {
+            seen.insert(path.clone());
+            if !previous.starts_with('#') {
+                problems.push(format!("values.yaml: {path} has no comment right above it"));
+            }
+        }
+        previous = trimmed;
+    }
+    for leaf in &leaves {
+        if !seen.contains(leaf) {
+            problems.push(format!("values.yaml does not set {leaf}"));
+        }
+        if !readme.contains(&format!("| `{leaf}` |")) {
+            problems.push(format!("README.md does not list {leaf}"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_value_is_commented_in_values_yaml_and_listed_in_the_readme() {
+    let chart = root().join(CHART);
+    let read = |name: &str| std::fs::read_to_string(chart.join(name)).unwrap();
+    let schema: Value = serde_json::from_str(&read("values.schema.json")).unwrap();
+    let (values, readme) = (read("values.yaml"), read("README.md"));
+    let problems = values_doc_problems(&values, &readme, &schema);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let mut leaves = BTreeSet::new();
+    schema_leaves(&schema, "", &mut leaves);
+    assert!(
+        leaves.contains("mode") && leaves.contains("apiToken.existingSecret"),
+        "{leaves:?}"
+    );
+
+    let uncommented = values.replace("  # Scrape interval.\n  interval: 30s", "  interval: 30s");
+    assert_ne!(uncommented, values, "the broken variant changed nothing");
+    let problems = values_doc_problems(&uncommented, &readme, &schema);
+    assert_eq!(
+        problems,
+        ["values.yaml: serviceMonitor.interval has no comment right above it"]
+    );
+    let unlisted = readme.replace("| `otlp.protocol` |", "| otlp protocol |");
+    let problems = values_doc_problems(&values, &unlisted, &schema);
+    assert_eq!(problems, ["README.md does not list otlp.protocol"]);
+}
