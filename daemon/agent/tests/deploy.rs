@@ -274,12 +274,15 @@ struct Validated {
 /// `kubernetes-validate --strict -k <version> <path>`. Err on any error, and on any warning but
 /// "no schema" for one of the `CRD_KINDS` (it only warns for an unknown kind or apiVersion).
 fn kubernetes_validate(path: &Path, version: &str) -> Result<Validated, String> {
-    let bin = tool(
+    tool(
         "venv/bin/kubernetes-validate",
         "kubernetes-validate (PyPI, into tools/deploy-check/venv)",
     );
-    let mut command = Command::new(bin);
-    command.args(["--strict", "-k", version]).arg(path);
+    // Through the venv's python (its scripts' #! lines name the venv's path when it was made).
+    let mut command = Command::new(root().join("tools/deploy-check/venv/bin/python"));
+    command
+        .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+        .arg(path);
     let out = run(command)?;
     let mut validated = Validated {
         passed: Vec::new(),
