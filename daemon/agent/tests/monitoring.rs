@@ -300,11 +300,11 @@ fn the_metric_check_rejects_a_metric_the_agent_does_not_export() {
     let exported = exported_metrics();
     let exprs = vec![
         "sum(rate(flowgate_verdicts_total[5m]))".to_owned(),
-        "sum(rate(flowgate_policy_sync_seconds_bucket[5m]))".to_owned(),
+        "sum(rate(flowgate_map_fill_ratio_bucket[5m]))".to_owned(),
     ];
     let unknown = unknown_metrics(&exprs, &exported);
     assert_eq!(unknown.len(), 1, "{unknown:?}");
-    assert!(unknown[0].starts_with("flowgate_policy_sync_seconds_bucket"));
+    assert!(unknown[0].starts_with("flowgate_map_fill_ratio_bucket"));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! tables of the policy generation the kernel decided with. No kernel, no cluster API here:
 //! tested with plain bytes and tables.
 
+pub mod agent_metrics;
 pub mod compact;
 pub mod decode;
 pub mod enrich;

@@ -39,7 +39,7 @@ pub const EGRESS_TO_WORLD_TAG: &str = "egress_to_world";
 /// histogram without its `_bucket`/`_sum`/`_count` suffixes) and its type. A family with no
 /// series is left out of the exposition, so this list is what dashboards and alert rules are
 /// checked against; a test compares it with the exposition once every family has a series.
-pub const FAMILIES: [(&str, &str); 10] = [
+pub const FAMILIES: [(&str, &str); 14] = [
     ("flowgate_verdicts_total", "counter"),
     ("flowgate_denied_packets_total", "counter"),
     ("flowgate_namespace_flows_total", "counter"),
@@ -50,6 +50,10 @@ pub const FAMILIES: [(&str, &str); 10] = [
     ("flowgate_endpoints", "gauge"),
     ("flowgate_policy_apply_seconds", "histogram"),
     ("flowgate_metrics_overflow_total", "counter"),
+    ("flowgate_policy_sync_seconds", "histogram"),
+    ("flowgate_source_objects_rejected_total", "counter"),
+    ("flowgate_source_watch_errors_total", "counter"),
+    ("flowgate_pods_unenforced", "gauge"),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -374,6 +378,7 @@ pub struct Metrics {
     policy_generation: Gauge<u32, AtomicU32>,
     endpoints: Family<EndpointLabels, Gauge<u64, AtomicU64>>,
     policy_apply: Histogram,
+    agent: crate::agent_metrics::AgentFamilies,
     losses: Mutex<HashMap<(String, VerdictClass), LossTotals>>,
 }
 
@@ -466,6 +471,7 @@ impl Metrics {
             "Increments counted in an __other__ series because the family was at its series cap",
             overflow.clone(),
         );
+        let agent = crate::agent_metrics::AgentFamilies::register(r);
 
         let metrics = Self {
             registry,
@@ -479,6 +485,7 @@ impl Metrics {
             policy_generation,
             endpoints,
             policy_apply,
+            agent,
             losses: Mutex::new(HashMap::new()),
         };
         // Series that exist from the start, so rate() and alerts see a zero, not nothing.
@@ -684,6 +691,26 @@ impl Metrics {
     /// `flowgate_policy_apply_seconds`: one compile + write of a snapshot took `elapsed`.
     pub fn observe_policy_apply(&self, elapsed: Duration) {
         self.policy_apply.observe(elapsed.as_secs_f64());
+    }
+
+    /// `flowgate_policy_sync_seconds`: an API event to the maps holding it.
+    pub fn observe_policy_sync(&self, elapsed: Duration) {
+        self.agent.observe_policy_sync(elapsed);
+    }
+
+    /// `flowgate_source_objects_rejected_total{kind}`.
+    pub fn source_rejected(&self, kind: &str) {
+        self.agent.source_rejected(kind);
+    }
+
+    /// `flowgate_source_watch_errors_total{kind}`.
+    pub fn source_watch_error(&self, kind: &str) {
+        self.agent.source_watch_error(kind);
+    }
+
+    /// `flowgate_pods_unenforced{reason}`: local pods not enforced, per reason.
+    pub fn set_pods_unenforced(&self, by_reason: &[(&str, u64)]) {
+        self.agent.set_unenforced(by_reason);
     }
 
     /// Removes the series of every policy not in `live` (namespace, name) from

@@ -195,6 +195,7 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
     // Every family now has a series, so the exposition names them all: it must name exactly
     // `FAMILIES`, the list dashboards and alert rules are checked against.
     m.observe_policy_apply(Duration::from_millis(1));
+    m.set_pods_unenforced(&[("no_route", 1)]);
     let exposed: BTreeSet<(String, String)> = encode(&m)
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -622,4 +623,49 @@ fn the_openmetrics_check_rejects_broken_text() {
             "the check rejects broken text"
         );
     }
+}
+
+#[test]
+fn agent_families_count_sync_latency_rejections_watch_errors_and_unenforced_pods() {
+    let m = Metrics::new();
+    // Present from the start at 0, one series per kind.
+    let text = encode(&m);
+    for kind in ["Namespace", "Pod", "NetworkPolicy"] {
+        assert!(
+            text.contains(&format!(
+                "flowgate_source_objects_rejected_total{{kind=\"{kind}\"}} 0"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "flowgate_source_watch_errors_total{{kind=\"{kind}\"}} 0"
+            )),
+            "{text}"
+        );
+    }
+    m.source_rejected("NetworkPolicy");
+    m.source_watch_error("Pod");
+    m.source_watch_error("Pod");
+    m.observe_policy_sync(Duration::from_millis(150));
+    m.set_pods_unenforced(&[("no_route", 2), ("pending", 1)]);
+    let text = encode(&m);
+    for line in [
+        r#"flowgate_source_objects_rejected_total{kind="NetworkPolicy"} 1"#,
+        r#"flowgate_source_watch_errors_total{kind="Pod"} 2"#,
+        "flowgate_policy_sync_seconds_count 1",
+        r#"flowgate_policy_sync_seconds_bucket{le="0.128"} 0"#,
+        r#"flowgate_policy_sync_seconds_bucket{le="0.256"} 1"#,
+        r#"flowgate_pods_unenforced{reason="no_route"} 2"#,
+        r#"flowgate_pods_unenforced{reason="pending"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    // A reason that is resolved reads 0, not a vanished series.
+    m.set_pods_unenforced(&[("pending", 1)]);
+    let text = encode(&m);
+    assert!(
+        text.contains(r#"flowgate_pods_unenforced{reason="no_route"} 0"#),
+        "{text}"
+    );
 }
