@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod datapath;
+pub mod discovery;
 pub mod http;
 pub mod lab;
 pub mod metrics;

@@ -15,16 +15,18 @@ use serde::Serialize;
 
 use super::manifests::{self, ManifestArgs};
 use super::{Exit, Output, emit, emit_json};
-use crate::lab::{Lab, LabProbe, LabSpec, Observed, Outcome, ProbeEnd, install_interrupt_cleanup};
+use crate::lab::{
+    Lab, LabProbe, LabSpec, LabWiring, Observed, Outcome, ProbeEnd, install_interrupt_cleanup,
+};
 use crate::node::Node;
 
 /// Build a local node from manifests, enforce them with the real datapath, run every probe as
 /// real traffic, and compare what happened with what the policies say.
 ///
 /// Every Pod with a status.podIP becomes a network namespace wired to a node namespace of its
-/// own (never the host's; nothing has a route out, so no probe leaves the lab), with servers on
-/// its containerPorts and on every probed port (TCP, UDP echo, SCTP via raw sockets). Bare IPs in
-/// the probes become hosts outside the cluster. Each result carries `observed` (what the traffic
+/// own (never the host's; nothing has a route out, so no probe leaves the lab), routed or
+/// bridged as --wiring says, with servers on its containerPorts and on every probed port (TCP,
+/// UDP echo, SCTP via raw sockets). Bare IPs in the probes become hosts outside the cluster. Each result carries `observed` (what the traffic
 /// did), `expected` (flowgate verdicts' answer) and `events` (the flow records the datapath
 /// produced for it). Everything is removed on exit, also on failure or Ctrl-C. Needs root.
 #[derive(Debug, clap::Args)]
@@ -39,6 +41,19 @@ pub struct Args {
     /// Enforce (drop what policy denies) or audit (drop nothing, report audit_deny).
     #[arg(long, value_enum, default_value = "enforce", env = "FLOWGATE_MODE")]
     pub mode: ModeArg,
+
+    /// How the lab node wires its pods, like one of the two families of CNIs: routed
+    /// (Calico-style: a host route per pod IP to the pod's veth) or bridged (Flannel-style: the
+    /// host veths are ports of the bridge cni0, every pod subnet is routed to it, and pods of
+    /// one /24 reach each other at layer 2 through it). The datapath attaches to the host veths
+    /// either way.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "routed",
+        env = "FLOWGATE_LAB_WIRING"
+    )]
+    pub wiring: WiringArg,
 
     /// How long a probe waits for an answer before it counts as dropped.
     #[arg(long, default_value = "1000", env = "FLOWGATE_PROBE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(50..=60_000))]
@@ -66,6 +81,22 @@ impl From<ModeArg> for Mode {
         match m {
             ModeArg::Enforce => Mode::Enforce,
             ModeArg::Audit => Mode::Audit,
+        }
+    }
+}
+
+/// `--wiring` of `flowgate lab` and `flowgate agent --lab`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WiringArg {
+    Routed,
+    Bridged,
+}
+
+impl From<WiringArg> for LabWiring {
+    fn from(w: WiringArg) -> Self {
+        match w {
+            WiringArg::Routed => LabWiring::Routed,
+            WiringArg::Bridged => LabWiring::Bridged,
         }
     }
 }
@@ -180,7 +211,7 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
     let spec = lab_spec(cluster, &flows);
 
     install_interrupt_cleanup().context("installing the Ctrl-C cleanup")?;
-    let lab = Lab::build(&spec).context("building the lab node")?;
+    let lab = Lab::build_wired(&spec, args.wiring.into()).context("building the lab node")?;
     let mut node = Node::on_lab(&lab, mode, "lab").context("loading and attaching the datapath")?;
     node.apply(cluster)
         .context("applying the policies to the datapath")?;

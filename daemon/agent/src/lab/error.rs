@@ -44,6 +44,9 @@ pub enum LabError {
     #[error("lab spec: {count} endpoints (pods with an IP + externals); the lab supports {max}")]
     TooManyEndpoints { count: usize, max: usize },
 
+    #[error("lab spec: {count} pods on the bridge; a bridged lab supports {max}")]
+    TooManyBridgePorts { count: usize, max: usize },
+
     #[error("lab: no endpoint {key:?} in this lab")]
     UnknownEndpoint { key: String },
 

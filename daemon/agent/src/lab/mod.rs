@@ -1,6 +1,7 @@
-//! The lab node: a routed, Calico-style Kubernetes node built in network namespaces, with real
-//! servers in every pod and real probes between them, for `flowgate lab` and the lab tests.
-//! Owns the `Lab` lifecycle (build, enter, probe, tear down); the datapath attaches to it.
+//! The lab node: a Kubernetes node built in network namespaces, wired like a routed,
+//! Calico-style CNI or (`LabWiring::Bridged`) a bridged, Flannel-style one (see `topology`),
+//! with real servers in every pod and real probes between them, for `flowgate lab` and the lab
+//! tests. Owns the `Lab` lifecycle (build, enter, probe, tear down); the datapath attaches to it.
 //!
 //! ```no_run
 //! # use flowgate::lab::{Lab, LabSpec, LabPod, ProbeEnd, Outcome};
@@ -46,7 +47,10 @@ use nix::net::if_::if_nametoindex;
 pub use error::{LabError, ProbeFailure};
 pub use probe::{LabProbe, Observed, Outcome, PROBE_PARALLELISM, ProbeEnd};
 pub use registry::{LabId, install_interrupt_cleanup, remove_all_labs};
-pub use spec::{EndpointKind, GATEWAY_V4, GATEWAY_V6, LabPod, LabSpec, MAX_ENDPOINTS};
+pub use spec::{
+    BRIDGE, EndpointKind, GATEWAY_V4, GATEWAY_V6, LabPod, LabSpec, LabWiring, MAX_BRIDGE_PORTS,
+    MAX_ENDPOINTS,
+};
 
 use netns::Netns;
 use probe::Job;
@@ -58,6 +62,7 @@ use spec::{EndpointPlan, Plan};
 #[derive(Debug)]
 pub struct Lab {
     id: LabId,
+    wiring: LabWiring,
     node_name: String,
     node_path: PathBuf,
     node: Option<Netns>,
@@ -85,25 +90,33 @@ pub struct EndpointInfo<'lab> {
     pub ips: &'lab [IpAddr],
     /// Its network namespace, e.g. for `ip netns exec` or `setns`.
     pub netns: &'lab Path,
-    /// The host side of its veth pair, in the node namespace.
+    /// The host side of its veth pair, in the node namespace (a port of the bridge for the
+    /// pods of a bridged lab).
     pub host_ifname: &'lab str,
     pub host_ifindex: u32,
 }
 
 impl Lab {
-    /// Builds the lab: validates `spec`, removes stale labs of dead processes, creates the node
-    /// and endpoint namespaces, wires them, and starts the servers. Refuses without root
-    /// (CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN). On any error, whatever was created is removed.
+    /// Builds a routed (Calico-style) lab: `build_wired(spec, LabWiring::Routed)`.
     pub fn build(spec: &LabSpec) -> Result<Self, LabError> {
+        Self::build_wired(spec, LabWiring::Routed)
+    }
+
+    /// Builds the lab: validates `spec`, removes stale labs of dead processes, creates the node
+    /// and endpoint namespaces, wires them as `wiring` says, and starts the servers. Refuses
+    /// without root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN). On any error, whatever was
+    /// created is removed.
+    pub fn build_wired(spec: &LabSpec, wiring: LabWiring) -> Result<Self, LabError> {
         netns::check_privileges()?;
         let id = LabId::next();
-        let plan = spec::plan(spec, id)?;
+        let plan = spec::plan(spec, id, wiring)?;
         let stale_removed = registry::remove_stale()?;
         let names = plan.netns_names();
         // Registered before anything exists, so a signal during the build still cleans up.
         registry::register(id, names.clone())?;
         let mut lab = Self {
             id,
+            wiring,
             node_path: netns::netns_path(&plan.node_netns),
             node_name: plan.node_netns.clone(),
             node: None,
@@ -142,10 +155,19 @@ impl Lab {
 
         netns::ip_batch(Some(&plan.node_netns), &topology::node_script(&plan))?;
         let ifindexes = node.run(|| {
+            if plan
+                .endpoints
+                .iter()
+                .any(|endpoint| plan.on_bridge(endpoint))
+            {
+                write_all(topology::BRIDGE_SYSCTLS, BRIDGE)?;
+            }
             plan.endpoints
                 .iter()
                 .map(|endpoint| {
-                    write_all(topology::HOST_IF_SYSCTLS, &endpoint.host_if)?;
+                    if !plan.on_bridge(endpoint) {
+                        write_all(topology::HOST_IF_SYSCTLS, &endpoint.host_if)?;
+                    }
                     if_nametoindex(endpoint.host_if.as_str()).map_err(|errno| {
                         LabError::sys("looking up", endpoint.host_if.clone(), errno)
                     })
@@ -154,7 +176,10 @@ impl Lab {
         })??;
         for endpoint in &plan.endpoints {
             registry::check_interrupted()?;
-            netns::ip_batch(Some(&endpoint.netns), &topology::endpoint_script(endpoint))?;
+            netns::ip_batch(
+                Some(&endpoint.netns),
+                &topology::endpoint_script(&plan, endpoint),
+            )?;
         }
 
         let mut sockets = Vec::new();
@@ -179,6 +204,20 @@ impl Lab {
 
     pub fn id(&self) -> LabId {
         self.id
+    }
+
+    /// How the node wires its pods.
+    pub fn wiring(&self) -> LabWiring {
+        self.wiring
+    }
+
+    /// The bridge the pods are ports of (`cni0`), in a bridged lab with pods.
+    pub fn bridge(&self) -> Option<&'static str> {
+        let pods = self
+            .endpoints
+            .iter()
+            .any(|endpoint| endpoint.plan.kind == EndpointKind::Pod);
+        (self.wiring == LabWiring::Bridged && pods).then_some(BRIDGE)
     }
 
     /// The node's network namespace (`/run/netns/fglab-<pid>-<seq>-node`): where the host

@@ -20,6 +20,39 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// Most endpoints one lab holds (keeps interface names under the kernel's 15 bytes).
 pub const MAX_ENDPOINTS: usize = 4096;
 
+/// The bridge of a bridged lab node, named as Flannel and the CNI bridge plugin name theirs.
+pub const BRIDGE: &str = "cni0";
+
+/// Most pods a bridged lab holds: a Linux bridge numbers its ports 1..=1023.
+pub const MAX_BRIDGE_PORTS: usize = 1023;
+
+/// How the lab node wires its pods, like one of the two families of CNIs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum LabWiring {
+    /// Calico-style: a host route per pod IP to the pod's veth, proxy ARP, a link-local gateway.
+    #[default]
+    Routed,
+    /// Flannel-style: every pod's host veth is a port of the bridge `cni0`, and the pod subnets
+    /// are routed to the bridge; pods of one subnet talk through the bridge at layer 2.
+    Bridged,
+}
+
+impl LabWiring {
+    /// `routed` or `bridged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Routed => "routed",
+            Self::Bridged => "bridged",
+        }
+    }
+}
+
+impl std::fmt::Display for LabWiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What to build: pods, external endpoints and ports every endpoint also listens on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabSpec {
@@ -93,6 +126,7 @@ pub(super) struct EndpointPlan {
 /// The whole lab, named and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Plan {
+    pub wiring: LabWiring,
     pub node_netns: String,
     pub endpoints: Vec<EndpointPlan>,
     /// Pods left out because they have no IP.
@@ -100,6 +134,23 @@ pub(super) struct Plan {
 }
 
 impl Plan {
+    /// Whether `endpoint` is a port of the bridge (the pods of a bridged lab; externals stay
+    /// routed: they stand for hosts outside the cluster, not pods).
+    pub(super) fn on_bridge(&self, endpoint: &EndpointPlan) -> bool {
+        self.wiring == LabWiring::Bridged && endpoint.kind == EndpointKind::Pod
+    }
+
+    /// The bridged pods' subnets, without duplicates, IPv4 first: each pod address's /24 or /64.
+    pub(super) fn pod_subnets(&self) -> Vec<(IpAddr, u8)> {
+        let subnets: BTreeSet<(IpAddr, u8)> = self
+            .endpoints
+            .iter()
+            .filter(|endpoint| self.on_bridge(endpoint))
+            .flat_map(|endpoint| endpoint.ips.iter().map(|ip| pod_subnet(*ip)))
+            .collect();
+        subnets.into_iter().collect()
+    }
+
     pub(super) fn netns_names(&self) -> Vec<String> {
         std::iter::once(self.node_netns.clone())
             .chain(self.endpoints.iter().map(|e| e.netns.clone()))
@@ -125,6 +176,26 @@ fn unusable(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// The subnet a bridged pod's address sits in (its prefix on the pod's `eth0`, routed to the
+/// bridge on the node): the /24 of an IPv4 address, the /64 of an IPv6 one.
+pub(super) fn pod_subnet(ip: IpAddr) -> (IpAddr, u8) {
+    match ip {
+        IpAddr::V4(v4) => (IpAddr::V4(Ipv4Addr::from(v4.to_bits() & !0xff)), 24),
+        IpAddr::V6(v6) => (
+            IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+            64,
+        ),
+    }
+}
+
+/// Whether `ip` is the network or broadcast address of the bridged pod subnet `subnet`.
+fn is_subnet_edge(ip: IpAddr, subnet: (IpAddr, u8)) -> bool {
+    match ip {
+        IpAddr::V4(v4) => pod_subnet(ip) == subnet && matches!(v4.octets()[3], 0 | 255),
+        IpAddr::V6(_) => false,
+    }
+}
+
 /// Keeps `[a-z0-9]` of a pod key and turns the rest into `-`, for readable namespace names.
 fn slug(key: &str) -> String {
     let slug: String = key
@@ -141,8 +212,8 @@ fn slug(key: &str) -> String {
     slug.trim_matches('-').to_owned()
 }
 
-/// Validates `spec` and names everything for lab `id`.
-pub(super) fn plan(spec: &LabSpec, id: LabId) -> Result<Plan, LabError> {
+/// Validates `spec` and names everything for lab `id`, wired as `wiring` says.
+pub(super) fn plan(spec: &LabSpec, id: LabId, wiring: LabWiring) -> Result<Plan, LabError> {
     let mut owners: BTreeMap<IpAddr, String> = BTreeMap::new();
     let mut claim = |ip: IpAddr, endpoint: &str| -> Result<(), LabError> {
         if let Some(why) = unusable(ip) {
@@ -221,7 +292,7 @@ pub(super) fn plan(spec: &LabSpec, id: LabId) -> Result<Plan, LabError> {
     }
 
     let ifname_prefix = id.ifname_prefix();
-    let endpoints = endpoints
+    let endpoints: Vec<EndpointPlan> = endpoints
         .into_iter()
         .enumerate()
         .map(|(index, (key, kind, ips, [tcp, udp, sctp]))| EndpointPlan {
@@ -235,11 +306,47 @@ pub(super) fn plan(spec: &LabSpec, id: LabId) -> Result<Plan, LabError> {
             sctp,
         })
         .collect();
+    if wiring == LabWiring::Bridged {
+        check_bridged(&endpoints)?;
+    }
     Ok(Plan {
+        wiring,
         node_netns: format!("{id}-node"),
         endpoints,
         skipped,
     })
+}
+
+/// What only a bridged lab refuses: more pods than a bridge has ports, and addresses that are
+/// the network or broadcast address of a pod's /24 (pods of a subnet share it on the bridge).
+fn check_bridged(endpoints: &[EndpointPlan]) -> Result<(), LabError> {
+    let pods = endpoints
+        .iter()
+        .filter(|endpoint| endpoint.kind == EndpointKind::Pod);
+    let count = pods.clone().count();
+    if count > MAX_BRIDGE_PORTS {
+        return Err(LabError::TooManyBridgePorts {
+            count,
+            max: MAX_BRIDGE_PORTS,
+        });
+    }
+    let subnets: BTreeSet<(IpAddr, u8)> = pods
+        .flat_map(|endpoint| endpoint.ips.iter().map(|ip| pod_subnet(*ip)))
+        .collect();
+    for endpoint in endpoints {
+        if let Some(&ip) = endpoint
+            .ips
+            .iter()
+            .find(|ip| subnets.iter().any(|subnet| is_subnet_edge(**ip, *subnet)))
+        {
+            return Err(LabError::UnusableIp {
+                endpoint: endpoint.key.clone(),
+                ip,
+                why: "in a bridged lab it is the network or broadcast address of a pod's /24",
+            });
+        }
+    }
+    Ok(())
 }
 
 fn add_port(
@@ -288,7 +395,7 @@ mod tests {
             externals: vec![ip("203.0.113.9"), ip("203.0.113.9")],
             extra_ports: vec![(Protocol::Udp, 53), (Protocol::Icmp, 7)],
         };
-        let plan = plan(&spec, ID).unwrap();
+        let plan = plan(&spec, ID, LabWiring::Routed).unwrap();
         assert_eq!(plan.node_netns, "fglab-77-1-node");
         assert_eq!(plan.skipped, vec!["x/none".to_owned()]);
         assert_eq!(
@@ -322,7 +429,7 @@ mod tests {
             ..LabSpec::default()
         };
         assert!(matches!(
-            plan(&twice, ID),
+            plan(&twice, ID, LabWiring::Routed),
             Err(LabError::DuplicateIp { .. })
         ));
         let external_is_pod = LabSpec {
@@ -331,7 +438,7 @@ mod tests {
             ..LabSpec::default()
         };
         assert!(matches!(
-            plan(&external_is_pod, ID),
+            plan(&external_is_pod, ID, LabWiring::Routed),
             Err(LabError::DuplicateIp { .. })
         ));
         for bad in [
@@ -346,7 +453,10 @@ mod tests {
                 ..LabSpec::default()
             };
             assert!(
-                matches!(plan(&spec, ID), Err(LabError::UnusableIp { .. })),
+                matches!(
+                    plan(&spec, ID, LabWiring::Routed),
+                    Err(LabError::UnusableIp { .. })
+                ),
                 "{bad} must be refused"
             );
         }
@@ -354,13 +464,16 @@ mod tests {
             extra_ports: vec![(Protocol::Tcp, 0)],
             ..LabSpec::default()
         };
-        assert!(matches!(plan(&zero, ID), Err(LabError::PortZero { .. })));
+        assert!(matches!(
+            plan(&zero, ID, LabWiring::Routed),
+            Err(LabError::PortZero { .. })
+        ));
         let bad_key = LabSpec {
             pods: vec![pod("a", &["10.0.0.1"])],
             ..LabSpec::default()
         };
         assert!(matches!(
-            plan(&bad_key, ID),
+            plan(&bad_key, ID, LabWiring::Routed),
             Err(LabError::BadPodKey { .. })
         ));
     }
