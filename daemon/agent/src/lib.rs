@@ -5,6 +5,7 @@ pub mod cli;
 pub mod datapath;
 pub mod discovery;
 pub mod http;
+pub mod k8s;
 pub mod lab;
 pub mod metrics;
 pub mod node;

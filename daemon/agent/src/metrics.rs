@@ -38,6 +38,11 @@ impl AgentMetrics {
         }
     }
 
+    /// The families themselves (for the figures only the control loop knows).
+    pub fn flows(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// What `/metrics` serves.
     pub fn text(&self) -> MetricsText {
         let m = Arc::clone(&self.metrics);

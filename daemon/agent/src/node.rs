@@ -121,6 +121,50 @@ impl Node {
         })
     }
 
+    /// Loads the datapath for the node the agent runs on (the calling thread's network
+    /// namespace), attached to nothing yet: `attach_local` adds pods as their interfaces are
+    /// found. Nothing is enforced until the first `apply`.
+    pub fn on_host(mode: Mode, node_name: &str, options: &LoadOptions) -> Result<Self, NodeError> {
+        let mut datapath = Datapath::load(options)?;
+        let ring = datapath.take_events()?;
+        Ok(Self {
+            reported_lost: [0; 3],
+            datapath,
+            ring,
+            snapshot: Snapshot::default(),
+            enricher: Enricher::new(node_name, realtime_offset_ns()),
+            mode,
+            locals: Vec::new(),
+            attached: None,
+            reader: ReaderStats::default(),
+            record_labels: Vec::new(),
+        })
+    }
+
+    /// Attaches the datapath to a local pod's host interface (in the calling thread's network
+    /// namespace). The pod is enforced from the next `apply` on; until then its traffic passes
+    /// as an unmanaged interface's does.
+    pub fn attach_local(&mut self, pod: &str, ifname: &str, ifindex: u32) -> Result<(), NodeError> {
+        self.attached = Some(self.datapath.attach_pod_interface(ifname, TcMode::Auto)?);
+        self.locals.retain(|l| l.pod != pod && l.ifindex != ifindex);
+        self.locals.push(LocalEndpoint {
+            pod: pod.to_owned(),
+            ifindex,
+        });
+        Ok(())
+    }
+
+    /// Stops enforcing for a pod from the next `apply` on (its endpoint entry is removed, so the
+    /// programs pass its interface's traffic; a deleted pod's interface goes with it).
+    pub fn forget_local(&mut self, pod: &str) {
+        self.locals.retain(|l| l.pod != pod);
+    }
+
+    /// The local pods enforced for from the next `apply`.
+    pub fn locals(&self) -> &[LocalEndpoint] {
+        &self.locals
+    }
+
     /// Compiles `cluster` for the local pods and switches the datapath to it.
     pub fn apply(&mut self, cluster: &Cluster) -> Result<ApplyStats, NodeError> {
         let started = Instant::now();

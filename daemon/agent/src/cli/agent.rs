@@ -1,7 +1,8 @@
-//! `flowgate agent`: the daemon. On a lab node (`--lab`) it builds the node from the manifests,
-//! attaches the datapath, applies the policies, watches the manifests and re-applies on every
-//! change (a malformed file is reported and the last good state stays in force), and streams
-//! one record per flow verdict on stdout. Kubernetes mode comes with the cluster-source work.
+//! `flowgate agent`: the daemon. In Kubernetes mode (the default) the cluster state comes from
+//! the API server (`agent_cluster`); on a lab node (`--lab`) it builds the node from manifest
+//! files, watches them and re-applies on every change (a malformed file is reported and the
+//! last good state stays in force). Both stream one record per flow verdict to the sinks and
+//! serve the HTTP API. This file holds the flags, what both modes share, and the lab loop.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,30 +15,70 @@ use flowgate_flows::{Fanout, Record};
 use flowgate_policy::maps::Mode;
 use flowgate_policy::probe;
 
-use super::lab::ModeArg;
+use super::lab::{ModeArg, WiringArg};
 use super::manifests::{self, ManifestArgs};
 use super::{Exit, is_root};
 use crate::http::{self, ApiState};
 use crate::lab::{Lab, LabProbe, ProbeEnd, install_interrupt_cleanup};
+use crate::metrics::AgentMetrics;
 use crate::node::Node;
 use crate::otlp::{OtlpConfig, OtlpProtocol, OtlpSink, parse_headers};
 
 /// Run the flowgate node agent: enforce NetworkPolicy with eBPF and report every verdict.
 ///
+/// Kubernetes mode (the default; what the DaemonSet runs): the agent watches Pods, Namespaces
+/// and NetworkPolicies (in-cluster service account, or --kubeconfig), finds the host interface
+/// of every pod on --node-name, attaches the datapath there and keeps the maps in step with the
+/// cluster. /readyz turns ready once every watch has synced and the first snapshot is in the
+/// maps.
+///
 /// With --lab, the node is a local lab built from the manifests (a network namespace per pod;
 /// see `flowgate lab`), and the manifests are the cluster state: edits are picked up within
 /// --poll-ms and applied atomically (a malformed file is reported; the last good policy state
-/// stays in force). Each flow verdict is one record on stdout: JSON lines (schema
-/// flowgate.flow/v1) or a compact line per flow. --traffic runs a probe file against the lab
-/// every --traffic-interval-ms, so there is something to see.
+/// stays in force). --traffic runs a probe file against the lab every --traffic-interval-ms,
+/// so there is something to see.
+///
+/// Each flow verdict is one record on stdout: JSON lines (schema flowgate.flow/v1), OCSF, or a
+/// compact line per flow; also to a rotated file, OTLP, /metrics and the live stream.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    pub manifests: ManifestArgs,
-
-    /// Run on a local lab node built from the manifests (required until Kubernetes mode lands).
-    #[arg(long, env = "FLOWGATE_LAB")]
+    /// Run on a local lab node built from --manifests instead of a Kubernetes node.
+    #[arg(long, env = "FLOWGATE_LAB", requires = "manifests")]
     pub lab: bool,
+
+    /// Lab mode: how the lab node wires its pods, routed (Calico-style: a host route per pod IP
+    /// to its veth) or bridged (Flannel-style: the host veths are ports of the bridge cni0).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "routed",
+        env = "FLOWGATE_LAB_WIRING"
+    )]
+    pub wiring: WiringArg,
+
+    /// Lab mode: manifest files or directories holding the cluster state (YAML, multi-document
+    /// or `kind: List`; directories are read recursively for *.yaml and *.yml).
+    #[arg(long, short = 'm', num_args = 1.., value_delimiter = ',', env = "FLOWGATE_MANIFESTS", requires = "lab")]
+    pub manifests: Vec<PathBuf>,
+
+    /// Lab mode: do not print notices (skipped kinds, implied namespaces) to stderr.
+    #[arg(long, short = 'q', env = "FLOWGATE_QUIET")]
+    pub quiet: bool,
+
+    /// Kubernetes mode: the kubeconfig to use. Default: the in-cluster service account (a
+    /// DaemonSet pod), else $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "FLOWGATE_KUBECONFIG", conflicts_with = "lab")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubernetes mode: gather API changes until the API has been quiet this long, then
+    /// recompile once (a burst of pod churn costs one map update).
+    #[arg(long, default_value = "100", env = "FLOWGATE_SYNC_MIN_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_min_interval_ms: u64,
+
+    /// Kubernetes mode: the longest an API change waits before it is applied, however busy the
+    /// API is.
+    #[arg(long, default_value = "1000", env = "FLOWGATE_SYNC_MAX_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_max_interval_ms: u64,
 
     /// Enforce (drop what policy denies) or audit (drop nothing, report audit_deny).
     #[arg(long, value_enum, default_value = "enforce", env = "FLOWGATE_MODE")]
@@ -48,7 +89,7 @@ pub struct Args {
     pub log_format: LogFormat,
 
     /// Probe file to run against the lab repeatedly (built-in traffic generator).
-    #[arg(long, env = "FLOWGATE_TRAFFIC")]
+    #[arg(long, env = "FLOWGATE_TRAFFIC", requires = "lab")]
     pub traffic: Option<PathBuf>,
 
     /// Stop the traffic after this many rounds (default: until the agent stops).
@@ -67,9 +108,11 @@ pub struct Args {
     #[arg(long, default_value = "500", env = "FLOWGATE_POLL_MS", value_parser = clap::value_parser!(u64).range(10..))]
     pub poll_ms: u64,
 
-    /// Name of this node in records.
-    #[arg(long, default_value = "lab", env = "FLOWGATE_NODE_NAME")]
-    pub node_name: String,
+    /// The Kubernetes node this agent runs on (the DaemonSet sets it from spec.nodeName): its
+    /// pods are the ones enforced for, and records name it. Required in Kubernetes mode; the lab
+    /// defaults to "lab".
+    #[arg(long, env = "FLOWGATE_NODE_NAME")]
+    pub node_name: Option<String>,
 
     /// Only these verdicts on stdout (comma-separated: allow, deny, audit_deny; default all).
     /// Gap records (reported losses) are always written.
@@ -221,7 +264,7 @@ fn api_token(args: &Args) -> anyhow::Result<Option<String>> {
 
 /// The sinks: stdout in the chosen format, the rotated file, the live stream / recent ring.
 fn sinks(args: &Args, api: &ApiState) -> anyhow::Result<Fanout> {
-    let mut fanout = Fanout::new(&args.node_name);
+    let mut fanout = Fanout::new(args.node());
     let queue = usize::try_from(args.sink_queue).unwrap_or(usize::MAX);
     let stdout_filter =
         Filter::parse(&args.log_filter).map_err(|e| anyhow::anyhow!("--log-filter: {e}"))?;
@@ -258,7 +301,7 @@ fn sinks(args: &Args, api: &ApiState) -> anyhow::Result<Fanout> {
             .otlp_protocol
             .parse()
             .map_err(|e| anyhow::anyhow!("--otlp-protocol: {e}"))?;
-        let mut config = OtlpConfig::new(endpoint, protocol, &args.node_name);
+        let mut config = OtlpConfig::new(endpoint, protocol, args.node());
         if let Some(h) = &args.otlp_headers {
             config.headers =
                 parse_headers(h).map_err(|e| anyhow::anyhow!("--otlp-headers: {e}"))?;
@@ -271,18 +314,184 @@ fn sinks(args: &Args, api: &ApiState) -> anyhow::Result<Fanout> {
     Ok(fanout)
 }
 
-pub fn run(args: &Args) -> anyhow::Result<Exit> {
-    if !args.lab {
-        bail!("Kubernetes mode is not available yet: run the agent on a lab node with --lab");
+impl Args {
+    /// The node name records carry: --node-name, or "lab" on a lab node.
+    pub fn node(&self) -> &str {
+        self.node_name.as_deref().unwrap_or("lab")
     }
+
+    fn manifest_args(&self) -> ManifestArgs {
+        ManifestArgs {
+            manifests: self.manifests.clone(),
+            quiet: self.quiet,
+        }
+    }
+}
+
+pub fn run(args: &Args) -> anyhow::Result<Exit> {
+    // Configuration is checked in full before anything is bound or loaded.
     let token = api_token(args)?;
+    if !args.lab && args.node_name.as_deref().is_none_or(str::is_empty) {
+        bail!(
+            "--node-name is required in Kubernetes mode (the DaemonSet sets FLOWGATE_NODE_NAME from spec.nodeName); for a local lab node use --lab --manifests PATH"
+        );
+    }
+    if args.sync_min_interval_ms > args.sync_max_interval_ms {
+        bail!(
+            "--sync-min-interval-ms {} is above --sync-max-interval-ms {}",
+            args.sync_min_interval_ms,
+            args.sync_max_interval_ms
+        );
+    }
     if !is_root() {
         eprintln!(
-            "error: flowgate agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for the lab); run it with sudo"
+            "error: flowgate agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON; CAP_SYS_ADMIN for the lab); run it with sudo"
         );
         return Ok(Exit::NoPermission);
     }
-    let mut loaded = manifests::load(&args.manifests)?;
+    if args.lab {
+        run_lab(args, token)
+    } else {
+        super::agent_cluster::run(args, token)
+    }
+}
+
+/// What both modes run: the HTTP API on its own runtime, the metrics, the sinks.
+pub(super) struct Services {
+    pub runtime: tokio::runtime::Runtime,
+    pub api: ApiState,
+    pub metrics: AgentMetrics,
+    pub fanout: Fanout,
+}
+
+impl Services {
+    /// Binds the HTTP address first: a port that cannot be bound is a configuration error.
+    pub fn start(args: &Args, token: Option<String>) -> anyhow::Result<Self> {
+        let metrics = AgentMetrics::with_max_series(
+            usize::try_from(args.metrics_max_series).unwrap_or(usize::MAX),
+        );
+        let api = ApiState::new(metrics.text(), token);
+        let listener = std::net::TcpListener::bind(args.http_addr)
+            .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let router = http::router(api.clone());
+        runtime.spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    if let Err(e) = axum::serve(l, router).await {
+                        eprintln!("flowgate agent: HTTP server stopped: {e}");
+                    }
+                }
+                Err(e) => eprintln!("flowgate agent: HTTP server failed to start: {e}"),
+            }
+        });
+        let fanout = sinks(args, &api)?;
+        let fanout = metrics.attach(
+            fanout,
+            usize::try_from(args.sink_queue).unwrap_or(usize::MAX),
+        )?;
+        Ok(Self {
+            runtime,
+            api,
+            metrics,
+            fanout,
+        })
+    }
+
+    /// After an apply: the policy state for /v1/*, the metrics, a policy_snapshot record.
+    pub fn applied(
+        &self,
+        node: &mut Node,
+        cluster: &flowgate_policy::Cluster,
+        stats: &crate::node::ApplyStats,
+    ) {
+        self.fanout
+            .publish(Record::Node(node.policy_snapshot(cluster)));
+        self.metrics.applied(stats, node.snapshot(), cluster);
+        self.api
+            .set_policy(Arc::new(cluster.clone()), Arc::new(node.snapshot().clone()));
+    }
+
+    /// Flushes the last losses, closes every sink and prints the closing line.
+    pub fn finish(self, node: &mut Node, pump: &Pump, started: Instant) -> anyhow::Result<()> {
+        if let Some(gap) = node.ringbuf_gap()? {
+            self.fanout.publish(Record::Gap(gap));
+        }
+        let sink_stats = self.fanout.close();
+        let lost = node.lost().unwrap_or_default();
+        eprintln!(
+            "flowgate agent: stopped after {:.1} s; records {:?}; ring-buffer losses (allow, deny, audit) {:?}; undecodable records {}; sinks {}",
+            started.elapsed().as_secs_f64(),
+            pump.counts,
+            lost,
+            node.reader.malformed,
+            sink_stats
+                .iter()
+                .map(|s| format!(
+                    "{} delivered {} lost {}",
+                    s.name,
+                    s.delivered,
+                    s.lost.total()
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+        Ok(())
+    }
+}
+
+/// The event path's periodic work, the same in both modes: records out of the ring buffer,
+/// ring-buffer losses as gap records, sink losses as metrics, heartbeats.
+#[derive(Debug)]
+pub(super) struct Pump {
+    pub counts: std::collections::BTreeMap<String, u64>,
+    heartbeat: Duration,
+    last_loss_check: Instant,
+    last_heartbeat: Instant,
+}
+
+impl Pump {
+    pub fn new(heartbeat_secs: u64) -> Self {
+        Self {
+            counts: std::collections::BTreeMap::new(),
+            heartbeat: Duration::from_secs(heartbeat_secs),
+            last_loss_check: Instant::now(),
+            last_heartbeat: Instant::now(),
+        }
+    }
+
+    pub fn tick(&mut self, node: &mut Node, services: &Services) -> anyhow::Result<()> {
+        for r in node.drain() {
+            *self
+                .counts
+                .entry(format!("{:?}", r.verdict).to_lowercase())
+                .or_default() += 1;
+            services.fanout.publish(Record::Flow(r));
+        }
+        if self.last_loss_check.elapsed() >= Duration::from_secs(1) {
+            self.last_loss_check = Instant::now();
+            if let Some(gap) = node.ringbuf_gap()? {
+                services.fanout.publish(Record::Gap(gap));
+            }
+            services.metrics.sinks(&services.fanout.stats());
+        }
+        if !self.heartbeat.is_zero() && self.last_heartbeat.elapsed() >= self.heartbeat {
+            self.last_heartbeat = Instant::now();
+            let flows = self.counts.values().sum();
+            services.fanout.publish(Record::Node(node.heartbeat(flows)));
+        }
+        Ok(())
+    }
+}
+
+fn run_lab(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
+    let manifest_args = args.manifest_args();
+    let mut loaded = manifests::load(&manifest_args)?;
     if loaded.has_errors() {
         bail!("the manifests have errors (above); fix them before starting the agent");
     }
@@ -299,54 +508,21 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         .filter_map(|p| probe::resolve(&loaded.cluster, p).ok())
         .collect();
     let spec = super::lab::lab_spec(&loaded.cluster, &flows);
-
-    // The HTTP API first: a port that cannot be bound is a configuration error.
-    let metrics = crate::metrics::AgentMetrics::with_max_series(
-        usize::try_from(args.metrics_max_series).unwrap_or(usize::MAX),
-    );
-    let api = ApiState::new(metrics.text(), token);
-    let listener = std::net::TcpListener::bind(args.http_addr)
-        .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let router = http::router(api.clone());
-    runtime.spawn(async move {
-        match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => {
-                if let Err(e) = axum::serve(l, router).await {
-                    eprintln!("flowgate agent: HTTP server stopped: {e}");
-                }
-            }
-            Err(e) => eprintln!("flowgate agent: HTTP server failed to start: {e}"),
-        }
-    });
-    let fanout = sinks(args, &api)?;
-    let fanout = metrics.attach(
-        fanout,
-        usize::try_from(args.sink_queue).unwrap_or(usize::MAX),
-    )?;
+    let services = Services::start(args, token)?;
 
     install_interrupt_cleanup().context("installing the Ctrl-C cleanup")?;
-    let lab = Lab::build(&spec).context("building the lab node")?;
-    let mut node = Node::on_lab(&lab, Mode::from(args.mode), &args.node_name)
+    let lab = Lab::build_wired(&spec, args.wiring.into()).context("building the lab node")?;
+    let mut node = Node::on_lab(&lab, Mode::from(args.mode), args.node())
         .context("loading and attaching the datapath")?;
     node.record_labels.clone_from(&args.record_labels);
     let stats = node
         .apply(&loaded.cluster)
         .context("applying the policies")?;
-    metrics.applied(&stats, node.snapshot(), &loaded.cluster);
-    api.set_policy(
-        Arc::new(loaded.cluster.clone()),
-        Arc::new(node.snapshot().clone()),
-    );
-    api.ready.store(true, Ordering::Relaxed);
-    fanout.publish(Record::Node(node.policy_snapshot(&loaded.cluster)));
+    services.applied(&mut node, &loaded.cluster, &stats);
+    services.api.ready.store(true, Ordering::Relaxed);
     eprintln!(
         "flowgate agent: node {} ({} pods), mode {:?}, generation {} applied: {} map ops, {} policy cells, compile {:.1} ms, write {:.1} ms; API on http://{}",
-        args.node_name,
+        args.node(),
         node.snapshot().endpoints.len(),
         node.mode(),
         stats.generation,
@@ -364,7 +540,7 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let deadline = args.duration_secs.map(|s| started + Duration::from_secs(s));
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    let mut pump = Pump::new(args.heartbeat_secs);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         if !probes.is_empty() {
             let (lab, probes, stop) = (&lab, &probes, &stop);
@@ -380,46 +556,20 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
             });
         }
         let result = (|| -> anyhow::Result<()> {
-            let mut last = fingerprint(&args.manifests);
+            let mut last = fingerprint(&manifest_args);
             let mut last_poll = Instant::now();
-            let mut last_loss_check = Instant::now();
-            let mut last_heartbeat = Instant::now();
             loop {
-                for r in node.drain() {
-                    *counts
-                        .entry(format!("{:?}", r.verdict).to_lowercase())
-                        .or_default() += 1;
-                    fanout.publish(Record::Flow(r));
-                }
-                if last_loss_check.elapsed() >= Duration::from_secs(1) {
-                    last_loss_check = Instant::now();
-                    if let Some(gap) = node.ringbuf_gap()? {
-                        fanout.publish(Record::Gap(gap));
-                    }
-                    metrics.sinks(&fanout.stats());
-                }
-                if args.heartbeat_secs > 0
-                    && last_heartbeat.elapsed() >= Duration::from_secs(args.heartbeat_secs)
-                {
-                    last_heartbeat = Instant::now();
-                    let flows = counts.values().sum();
-                    fanout.publish(Record::Node(node.heartbeat(flows)));
-                }
+                pump.tick(&mut node, &services)?;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(());
                 }
                 if last_poll.elapsed() >= Duration::from_millis(args.poll_ms) {
                     last_poll = Instant::now();
-                    let now = fingerprint(&args.manifests);
+                    let now = fingerprint(&manifest_args);
                     if now != last {
                         last = now;
-                        if let Some(stats) = reload(args, &mut node, &mut loaded) {
-                            fanout.publish(Record::Node(node.policy_snapshot(&loaded.cluster)));
-                            metrics.applied(&stats, node.snapshot(), &loaded.cluster);
-                            api.set_policy(
-                                Arc::new(loaded.cluster.clone()),
-                                Arc::new(node.snapshot().clone()),
-                            );
+                        if let Some(stats) = reload(&manifest_args, &mut node, &mut loaded) {
+                            services.applied(&mut node, &loaded.cluster, &stats);
                         }
                     }
                 }
@@ -429,42 +579,19 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
         stop.store(true, Ordering::Relaxed);
         result
     })?;
-    // A last loss report, then let every sink finish.
-    if let Some(gap) = node.ringbuf_gap()? {
-        fanout.publish(Record::Gap(gap));
-    }
-    let sink_stats = fanout.close();
-    let lost = node.lost().unwrap_or_default();
-    eprintln!(
-        "flowgate agent: stopped after {:.1} s; records {:?}; ring-buffer losses (allow, deny, audit) {:?}; undecodable records {}; sinks {}",
-        started.elapsed().as_secs_f64(),
-        counts,
-        lost,
-        node.reader.malformed,
-        sink_stats
-            .iter()
-            .map(|s| format!(
-                "{} delivered {} lost {}",
-                s.name,
-                s.delivered,
-                s.lost.total()
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    services.finish(&mut node, &pump, started)?;
     drop(node);
     lab.teardown().context("removing the lab")?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(Exit::Ok)
 }
 
 /// Re-reads the manifests; applies them only if every object is valid.
 fn reload(
-    args: &Args,
+    args: &ManifestArgs,
     node: &mut Node,
     loaded: &mut manifests::Loaded,
 ) -> Option<crate::node::ApplyStats> {
-    match manifests::load(&args.manifests) {
+    match manifests::load(args) {
         Ok(next) if next.has_errors() => {
             eprintln!(
                 "flowgate agent: manifests changed but have errors (above): keeping generation {} in force",

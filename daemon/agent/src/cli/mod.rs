@@ -2,6 +2,7 @@
 //! printing diagnostics.
 
 pub mod agent;
+pub mod agent_cluster;
 pub mod explain;
 pub mod lab;
 pub mod lint;

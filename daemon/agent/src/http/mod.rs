@@ -32,6 +32,19 @@ pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct PolicyState {
     pub cluster: Option<Arc<Cluster>>,
     pub snapshot: Option<Arc<Snapshot>>,
+    /// Local pods the datapath is not attached to, and why (Kubernetes mode).
+    pub unenforced: Vec<Unenforced>,
+}
+
+/// A local pod policy is not enforced for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unenforced {
+    /// `namespace/name`.
+    pub pod: String,
+    /// A short fixed word (the `reason` label of `flowgate_pods_unenforced`).
+    pub reason: String,
+    /// What was found, in words.
+    pub detail: String,
 }
 
 /// Everything the handlers share.
@@ -39,6 +52,8 @@ pub struct PolicyState {
 pub struct ApiState {
     pub metrics: MetricsText,
     pub ready: Arc<AtomicBool>,
+    /// What `/readyz` says while not ready.
+    pub not_ready: Arc<RwLock<String>>,
     pub healthy: Arc<AtomicBool>,
     pub stream: broadcast::Sender<Arc<Record>>,
     pub recent: Arc<Mutex<VecDeque<Arc<Record>>>>,
@@ -66,6 +81,9 @@ impl ApiState {
         Self {
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            not_ready: Arc::new(RwLock::new(
+                "the first policy snapshot is not in the maps yet".into(),
+            )),
             healthy: Arc::new(AtomicBool::new(true)),
             stream,
             recent: Arc::new(Mutex::new(VecDeque::new())),
@@ -87,6 +105,22 @@ impl ApiState {
         let mut p = self.policy.write().unwrap_or_else(PoisonError::into_inner);
         p.cluster = Some(cluster);
         p.snapshot = Some(snapshot);
+    }
+
+    /// The local pods not enforced for, for `/v1/policies`.
+    pub fn set_unenforced(&self, unenforced: Vec<Unenforced>) {
+        self.policy
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unenforced = unenforced;
+    }
+
+    /// Why `/readyz` is not ready yet.
+    pub fn set_not_ready(&self, why: impl Into<String>) {
+        *self
+            .not_ready
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = why.into();
     }
 }
 
@@ -168,9 +202,14 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
+        let why = state
+            .not_ready
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the first policy snapshot is not in the maps yet\n",
+            format!("not ready: {why}\n"),
         )
             .into_response()
     }

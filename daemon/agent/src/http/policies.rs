@@ -92,14 +92,17 @@ pub struct PoliciesResponse {
     endpoints: Vec<EndpointSummary>,
     /// Local pods no policy selects: open in both directions.
     uncovered: Vec<String>,
+    /// Local pods the datapath is not attached to (policy NOT enforced), and why.
+    unenforced: Vec<super::Unenforced>,
 }
 
 pub async fn policies(State(state): State<ApiState>) -> Result<Json<PoliciesResponse>, ApiError> {
-    let (cluster, snapshot) = {
+    let (cluster, snapshot, unenforced) = {
         let p = state.policy.read().unwrap_or_else(PoisonError::into_inner);
         (
             p.cluster.clone().ok_or_else(unavailable)?,
             p.snapshot.clone().ok_or_else(unavailable)?,
+            p.unenforced.clone(),
         )
     };
     let policies = cluster
@@ -151,5 +154,6 @@ pub async fn policies(State(state): State<ApiState>) -> Result<Json<PoliciesResp
         policies,
         endpoints,
         uncovered,
+        unenforced,
     }))
 }

@@ -1,0 +1,479 @@
+//! Kubernetes mode end to end without a cluster: the real `flowgate agent` binary watches a
+//! fake API server that speaks the real list/watch protocol, finds its pods' interfaces on a
+//! lab node, enforces on real traffic, and follows the cluster: a policy edit, a label change,
+//! a watch that expires (410 Gone, relist, a delete it missed), a malformed object, a local pod
+//! whose interface does not exist. Needs root; CI runs as root.
+//!
+//! ```text
+//!   netns fglab-..-node (the agent's "host")                 pod netns x/a, x/b, y/c
+//!   +--------------------------------------------------+    +-----------------+
+//!   | fake API server 127.0.0.1:<api>  <── list/watch ──┐   | 10.61.0.{1,2,3} |
+//!   | flowgate agent --kubeconfig --node-name n1 ───────┘   |  servers :80    |
+//!   |   HTTP 127.0.0.1:<http>; TC on fg..h0/h1/h2 ──────────── veths ───────────|
+//!   +--------------------------------------------------+    +-----------------+
+//!   y/remote (10.61.9.9, node n2) exists only in the API: a peer, not a local pod.
+//! ```
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is the failure report"
+)]
+
+mod fake_apiserver;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fake_apiserver::FakeApi;
+use flowgate::lab::{Lab, LabProbe, LabSpec, ProbeEnd};
+use flowgate_policy::evaluate::{Flow, Verdict, evaluate};
+use flowgate_policy::model::Protocol;
+use flowgate_policy::{Cluster, Manifests};
+use serde_json::{Value, json};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+const NODE: &str = "n1";
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+}
+
+fn pod(ns: &str, name: &str, node: &str, ip: &str, app: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"namespace": ns, "name": name, "labels": {"app": app},
+                        "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+           "spec": {"nodeName": node, "containers": [{"name": "c",
+                    "ports": [{"name": "http", "containerPort": 80}]}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// x/a accepts TCP 80 only from pods labelled app=c in namespace y.
+fn allow_from_c() -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"namespace": "x", "name": "a-from-c"},
+           "spec": {"podSelector": {"matchLabels": {"app": "a"}},
+                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}},
+                                           "podSelector": {"matchLabels": {"app": "c"}}}],
+                                 "ports": [{"port": "http"}]}]}})
+}
+
+/// Every pod of namespace y: no ingress at all.
+fn deny_y() -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"namespace": "y", "name": "deny-all"},
+           "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+}
+
+/// The cluster the API holds, as the policy engine reads it (the oracle).
+fn oracle(objects: &[Value]) -> Cluster {
+    let mut m = Manifests::new();
+    let text: Vec<String> = objects.iter().map(Value::to_string).collect();
+    m.add_text("api.json", &text.join("\n---\n"));
+    assert!(m.errors.is_empty(), "{:#?}", m.errors);
+    Cluster::from_manifests(&mut m)
+}
+
+struct Agent {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// `GET path` on the agent's API, from inside the node namespace: (status, body).
+fn get(lab: &Lab, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    lab.in_node(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_owned();
+        Some((status, body))
+    })
+    .unwrap()
+}
+
+fn wait_for(what: &str, agent: &Agent, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "timed out after {timeout:?} waiting for {what}; agent log:\n{}",
+        agent.log()
+    );
+}
+
+fn metric(lab: &Lab, addr: SocketAddr, series: &str) -> Option<f64> {
+    let (_, body) = get(lab, addr, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Every ordered pair of the lab's pods on TCP 80: observed verdicts equal `evaluate`.
+fn check_traffic(lab: &Lab, cluster: &Cluster, what: &str, agent: &Agent) {
+    let pods: Vec<_> = cluster
+        .pods()
+        .filter(|(_, p)| p.node_name.as_deref() == Some(NODE))
+        .map(|(id, p)| (id, p.key(), p.ips[0]))
+        .collect();
+    let mut flows = Vec::new();
+    for (sid, skey, sip) in &pods {
+        for (did, dkey, dip) in &pods {
+            if sid != did {
+                let flow = Flow {
+                    src_ip: *sip,
+                    src_pod: Some(*sid),
+                    dst_ip: *dip,
+                    dst_pod: Some(*did),
+                    protocol: Protocol::Tcp,
+                    port: Some(80),
+                };
+                flows.push((format!("{skey} -> {dkey}"), flow));
+            }
+        }
+    }
+    let probes: Vec<LabProbe> = flows
+        .iter()
+        .map(|(_, f)| LabProbe::new(ProbeEnd::Ip(f.src_ip), f.dst_ip, f.protocol, f.port))
+        .collect();
+    let seen = lab.probe_all(&probes, Duration::from_millis(400));
+    let mut wrong = Vec::new();
+    for ((name, flow), obs) in flows.iter().zip(&seen) {
+        let expected = evaluate(cluster, flow).verdict;
+        let observed = if obs.outcome.delivered() {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        if observed != expected {
+            wrong.push(format!(
+                "{name}: observed {observed:?} ({:?}), expected {expected:?}",
+                obs.outcome
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} of {} probes wrong:\n{}\nagent log:\n{}",
+        wrong.len(),
+        flows.len(),
+        wrong.join("\n"),
+        agent.log()
+    );
+}
+
+fn generation(lab: &Lab, addr: SocketAddr) -> f64 {
+    metric(lab, addr, "flowgate_policy_generation").unwrap_or(0.0)
+}
+
+#[test]
+fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces, veths, eBPF)");
+        return;
+    }
+    let mut objects = vec![
+        namespace("x"),
+        namespace("y"),
+        pod("x", "a", NODE, "10.61.0.1", "a"),
+        pod("x", "b", NODE, "10.61.0.2", "b"),
+        pod("y", "c", NODE, "10.61.0.3", "c"),
+        pod("y", "remote", "n2", "10.61.9.9", "c"),
+        allow_from_c(),
+    ];
+    // The lab holds this node's pods only; the remote pod exists only in the API.
+    let local: Vec<Value> = objects
+        .iter()
+        .filter(|o| o["kind"] != "Pod" || o["spec"]["nodeName"] == NODE)
+        .cloned()
+        .collect();
+    let lab = Lab::build(&LabSpec::from_cluster(&oracle(&local))).expect("the lab builds");
+
+    let api = FakeApi::new();
+    for o in &objects {
+        api.set(o.clone());
+    }
+    let api_listener = lab
+        .in_node(|| TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let api_addr = api_listener.local_addr().unwrap();
+    api.serve(api_listener);
+    let http_addr: SocketAddr = lab
+        .in_node(|| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("flowgate-cluster-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: 'http://{api_addr}'}}\n\
+             users:\n- name: agent\n  user: {{token: not-checked}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: agent}}\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+
+    // The agent in the node namespace (nsenter keeps /sys as it is; `ip netns exec` remounts it).
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", lab.node_netns().display()))
+        .arg(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["agent", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--node-name", NODE, "--http-addr", &http_addr.to_string()])
+        .args([
+            "--sync-min-interval-ms",
+            "50",
+            "--sync-max-interval-ms",
+            "300",
+        ])
+        .args(["--heartbeat-secs", "0", "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsenter runs the agent");
+    let agent = Agent {
+        stdout: collect(child.stdout.take().unwrap()),
+        stderr: collect(child.stderr.take().unwrap()),
+        child,
+    };
+
+    // Ready: every watch synced and the first snapshot applied.
+    wait_for("/readyz", &agent, Duration::from_secs(30), || {
+        get(&lab, http_addr, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    let first = generation(&lab, http_addr);
+    assert!(first >= 1.0, "a generation is applied when ready");
+    for kind in ["Namespace", "Pod", "NetworkPolicy"] {
+        assert!(
+            api.lists_of(kind) >= 1,
+            "{kind} was listed: {:?}",
+            api.requests()
+        );
+        assert!(
+            api.requests()
+                .iter()
+                .any(|(k, w, rv)| k == kind && w == "watch" && rv.is_some()),
+            "{kind} is watched from the listed resourceVersion: {:?}",
+            api.requests()
+        );
+    }
+    check_traffic(&lab, &oracle(&objects), "initial state", &agent);
+    let (_, policies) = get(&lab, http_addr, "/v1/policies").unwrap();
+    let policies: Value = serde_json::from_str(&policies).unwrap();
+    let enforced: Vec<&str> = policies["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pod"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        enforced,
+        ["x/a", "x/b", "y/c"],
+        "the local pods, not y/remote"
+    );
+
+    // A policy added through the API: y is closed to everyone.
+    let before = generation(&lab, http_addr);
+    objects.push(deny_y());
+    api.set(deny_y());
+    wait_for(
+        "the new policy applied",
+        &agent,
+        Duration::from_secs(10),
+        || generation(&lab, http_addr) > before,
+    );
+    check_traffic(&lab, &oracle(&objects), "after adding y/deny-all", &agent);
+    let synced = metric(&lab, http_addr, "flowgate_policy_sync_seconds_count").unwrap();
+    assert!(synced >= 1.0, "API event to maps is measured");
+
+    // A label change: x/b becomes app=c in namespace x (still not allowed: namespace y only),
+    // and y/c loses app=c (no longer allowed to x/a).
+    let before = generation(&lab, http_addr);
+    let relabel = |o: &mut Value, ns: &str, name: &str, app: &str| {
+        if o["kind"] == "Pod" && o["metadata"]["namespace"] == ns && o["metadata"]["name"] == name {
+            o["metadata"]["labels"]["app"] = json!(app);
+            Some(o.clone())
+        } else {
+            None
+        }
+    };
+    for o in &mut objects {
+        if let Some(p) = relabel(o, "y", "c", "z") {
+            api.set(p);
+        }
+    }
+    wait_for(
+        "the label change applied",
+        &agent,
+        Duration::from_secs(10),
+        || generation(&lab, http_addr) > before,
+    );
+    check_traffic(&lab, &oracle(&objects), "after relabelling y/c", &agent);
+
+    // The watch history is compacted and the watches cut: the agent resumes from an expired
+    // resourceVersion, gets 410 Gone, relists, and sees the delete it missed meanwhile.
+    let pod_lists = api.lists_of("Pod");
+    let policy_lists = api.lists_of("NetworkPolicy");
+    api.hold_watches();
+    api.cut_watches();
+    api.delete("NetworkPolicy", "y", "deny-all");
+    objects.retain(|o| o["metadata"]["name"] != "deny-all");
+    api.compact();
+    api.release_watches();
+    wait_for(
+        "the relist after 410",
+        &agent,
+        Duration::from_secs(30),
+        || api.lists_of("NetworkPolicy") > policy_lists && api.lists_of("Pod") > pod_lists,
+    );
+    wait_for(
+        "the missed delete applied",
+        &agent,
+        Duration::from_secs(10),
+        || get(&lab, http_addr, "/v1/policies").is_some_and(|(_, body)| !body.contains("deny-all")),
+    );
+    check_traffic(&lab, &oracle(&objects), "after the relist", &agent);
+
+    // A malformed policy (the API server would not have it; a version skew could): logged with
+    // its name, counted, skipped; everything else goes on.
+    let mut bad = allow_from_c();
+    bad["metadata"]["name"] = json!("broken");
+    bad["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "10.0.0.0/33"}}]);
+    api.set(bad);
+    wait_for(
+        "the rejection counted",
+        &agent,
+        Duration::from_secs(10),
+        || {
+            metric(
+                &lab,
+                http_addr,
+                r#"flowgate_source_objects_rejected_total{kind="NetworkPolicy"}"#,
+            ) == Some(1.0)
+        },
+    );
+    assert!(
+        agent
+            .log()
+            .contains("NetworkPolicy x/broken: spec.ingress[0].from[0].ipBlock.cidr"),
+        "the log names the object and field:\n{}",
+        agent.log()
+    );
+    check_traffic(
+        &lab,
+        &oracle(&objects),
+        "after the malformed policy",
+        &agent,
+    );
+
+    // A local pod whose interface does not exist on this node: reported, never silently open.
+    api.set(pod("x", "ghost", NODE, "10.61.5.5", "a"));
+    wait_for(
+        "the unenforced pod reported",
+        &agent,
+        Duration::from_secs(10),
+        || {
+            get(&lab, http_addr, "/v1/policies").is_some_and(|(_, body)| {
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                v["unenforced"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|p| p["pod"] == "x/ghost"))
+            })
+        },
+    );
+    let unenforced: f64 = get(&lab, http_addr, "/metrics")
+        .unwrap()
+        .1
+        .lines()
+        .filter(|l| l.starts_with("flowgate_pods_unenforced{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(unenforced, 1.0, "one pod unenforced");
+    assert!(
+        agent.log().contains("pod x/ghost is NOT enforced"),
+        "{}",
+        agent.log()
+    );
+
+    // Flow records name the policy that decided.
+    let records = agent.stdout.lock().unwrap().clone();
+    let denies: Vec<Value> = records
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["record_type"] == "flow" && r["verdict"] == "deny")
+        .collect();
+    assert!(
+        denies.iter().any(|r| r["policy"]["isolated_by"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "a-from-c"))),
+        "a deny names the isolating policy; {} records",
+        records.len()
+    );
+
+    // SIGTERM: a clean stop.
+    let mut agent = agent;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(i32::try_from(agent.child.id()).unwrap(), libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the agent stops on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status:?}:\n{}", agent.log());
+    drop(agent);
+    lab.teardown().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _: Option<IpAddr> = None;
+}
