@@ -149,8 +149,13 @@ fn metric(lab: &Lab, addr: SocketAddr, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Every ordered pair of the lab's pods on TCP 80: observed verdicts equal `evaluate`.
-fn check_traffic(lab: &Lab, cluster: &Cluster, what: &str, agent: &Agent) {
+/// How long a change through the API may take to show in the traffic: the debounce (at most
+/// `--sync-max-interval-ms 300`) plus the apply, with a wide margin for a loaded machine.
+const BOUND: Duration = Duration::from_secs(5);
+
+/// Every ordered pair of the lab's pods on TCP 80 whose observed verdict differs from
+/// `evaluate`.
+fn wrong_probes(lab: &Lab, cluster: &Cluster, timeout: Duration) -> (usize, Vec<String>) {
     let pods: Vec<_> = cluster
         .pods()
         .filter(|(_, p)| p.node_name.as_deref() == Some(NODE))
@@ -176,7 +181,7 @@ fn check_traffic(lab: &Lab, cluster: &Cluster, what: &str, agent: &Agent) {
         .iter()
         .map(|(_, f)| LabProbe::new(ProbeEnd::Ip(f.src_ip), f.dst_ip, f.protocol, f.port))
         .collect();
-    let seen = lab.probe_all(&probes, Duration::from_millis(400));
+    let seen = lab.probe_all(&probes, timeout);
     let mut wrong = Vec::new();
     for ((name, flow), obs) in flows.iter().zip(&seen) {
         let expected = evaluate(cluster, flow).verdict;
@@ -192,14 +197,43 @@ fn check_traffic(lab: &Lab, cluster: &Cluster, what: &str, agent: &Agent) {
             ));
         }
     }
+    (flows.len(), wrong)
+}
+
+/// Every ordered pair of the lab's pods on TCP 80: observed verdicts equal `evaluate`.
+fn check_traffic(lab: &Lab, cluster: &Cluster, what: &str, agent: &Agent) {
+    let (probes, wrong) = wrong_probes(lab, cluster, Duration::from_millis(400));
     assert!(
         wrong.is_empty(),
-        "{what}: {} of {} probes wrong:\n{}\nagent log:\n{}",
+        "{what}: {} of {probes} probes wrong:\n{}\nagent log:\n{}",
         wrong.len(),
-        flows.len(),
         wrong.join("\n"),
         agent.log()
     );
+}
+
+/// Probes until the traffic agrees with `cluster` (the state just sent to the API), then once
+/// more in full; returns the time since `since` and fails past `BOUND`.
+fn converge(lab: &Lab, cluster: &Cluster, what: &str, agent: &Agent, since: Instant) -> Duration {
+    loop {
+        let (_, wrong) = wrong_probes(lab, cluster, Duration::from_millis(150));
+        let took = since.elapsed();
+        if wrong.is_empty() {
+            eprintln!(
+                "{what}: the traffic follows the API {:.0} ms after the change",
+                took.as_secs_f64() * 1e3
+            );
+            check_traffic(lab, cluster, what, agent);
+            return took;
+        }
+        assert!(
+            took < BOUND,
+            "{what}: still {} probes wrong after {took:?}:\n{}\nagent log:\n{}",
+            wrong.len(),
+            wrong.join("\n"),
+            agent.log()
+        );
+    }
 }
 
 fn generation(lab: &Lab, addr: SocketAddr) -> f64 {
@@ -233,6 +267,9 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     for o in &objects {
         api.set(o.clone());
     }
+    // The NetworkPolicy list is held: the agent must not call itself ready (nor apply a
+    // snapshot built without the policies) until it has them.
+    api.hold_lists_of(&["NetworkPolicy"]);
     let api_listener = lab
         .in_node(|| TcpListener::bind("127.0.0.1:0").unwrap())
         .unwrap();
@@ -283,10 +320,38 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
         child,
     };
 
+    // Not ready while a watch has not synced, and nothing applied.
+    wait_for(
+        "/readyz naming the watch it waits for",
+        &agent,
+        Duration::from_secs(30),
+        || {
+            get(&lab, http_addr, "/readyz").is_some_and(|(status, body)| {
+                status == 503 && body.contains("waiting for the NetworkPolicy watch to sync")
+            })
+        },
+    );
+    assert_eq!(
+        generation(&lab, http_addr),
+        0.0,
+        "nothing applied before every watch synced"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = get(&lab, http_addr, "/readyz").unwrap();
+    assert_eq!(
+        status, 503,
+        "still not ready while the policies are not listed"
+    );
     // Ready: every watch synced and the first snapshot applied.
+    let released = Instant::now();
+    api.release_lists();
     wait_for("/readyz", &agent, Duration::from_secs(30), || {
         get(&lab, http_addr, "/readyz").is_some_and(|(status, _)| status == 200)
     });
+    eprintln!(
+        "ready {:.0} ms after the last list was answered",
+        released.elapsed().as_secs_f64() * 1e3
+    );
     let first = generation(&lab, http_addr);
     assert!(first >= 1.0, "a generation is applied when ready");
     for kind in ["Namespace", "Pod", "NetworkPolicy"] {
@@ -303,7 +368,7 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
             api.requests()
         );
     }
-    check_traffic(&lab, &oracle(&objects), "initial state", &agent);
+    converge(&lab, &oracle(&objects), "initial state", &agent, released);
     let (_, policies) = get(&lab, http_addr, "/v1/policies").unwrap();
     let policies: Value = serde_json::from_str(&policies).unwrap();
     let enforced: Vec<&str> = policies["endpoints"]
@@ -319,42 +384,36 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     );
 
     // A policy added through the API: y is closed to everyone.
-    let before = generation(&lab, http_addr);
     objects.push(deny_y());
+    let changed = Instant::now();
     api.set(deny_y());
-    wait_for(
-        "the new policy applied",
+    converge(
+        &lab,
+        &oracle(&objects),
+        "NetworkPolicy y/deny-all created",
         &agent,
-        Duration::from_secs(10),
-        || generation(&lab, http_addr) > before,
+        changed,
     );
-    check_traffic(&lab, &oracle(&objects), "after adding y/deny-all", &agent);
     let synced = metric(&lab, http_addr, "flowgate_policy_sync_seconds_count").unwrap();
     assert!(synced >= 1.0, "API event to maps is measured");
 
-    // A label change: x/b becomes app=c in namespace x (still not allowed: namespace y only),
-    // and y/c loses app=c (no longer allowed to x/a).
-    let before = generation(&lab, http_addr);
-    let relabel = |o: &mut Value, ns: &str, name: &str, app: &str| {
-        if o["kind"] == "Pod" && o["metadata"]["namespace"] == ns && o["metadata"]["name"] == name {
-            o["metadata"]["labels"]["app"] = json!(app);
-            Some(o.clone())
-        } else {
-            None
-        }
-    };
+    // A label change: y/c loses app=c, so it may no longer reach x/a.
+    let mut relabelled = None;
     for o in &mut objects {
-        if let Some(p) = relabel(o, "y", "c", "z") {
-            api.set(p);
+        if o["kind"] == "Pod" && o["metadata"]["name"] == "c" {
+            o["metadata"]["labels"]["app"] = json!("z");
+            relabelled = Some(o.clone());
         }
     }
-    wait_for(
-        "the label change applied",
+    let changed = Instant::now();
+    api.set(relabelled.unwrap());
+    converge(
+        &lab,
+        &oracle(&objects),
+        "Pod y/c relabelled",
         &agent,
-        Duration::from_secs(10),
-        || generation(&lab, http_addr) > before,
+        changed,
     );
-    check_traffic(&lab, &oracle(&objects), "after relabelling y/c", &agent);
 
     // The watch history is compacted and the watches cut: the agent resumes from an expired
     // resourceVersion, gets 410 Gone, relists, and sees the delete it missed meanwhile.
@@ -410,6 +469,18 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
         &oracle(&objects),
         "after the malformed policy",
         &agent,
+    );
+
+    // A NetworkPolicy deleted (a live DELETED event): x/a is open again.
+    objects.retain(|o| o["metadata"]["name"] != "a-from-c");
+    let changed = Instant::now();
+    api.delete("NetworkPolicy", "x", "a-from-c");
+    converge(
+        &lab,
+        &oracle(&objects),
+        "NetworkPolicy x/a-from-c deleted",
+        &agent,
+        changed,
     );
 
     // A local pod whose interface does not exist on this node: reported, never silently open.

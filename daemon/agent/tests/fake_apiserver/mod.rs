@@ -64,6 +64,8 @@ pub struct FakeApi {
     /// While true, new watch requests wait (so a test can change things between a cut and the
     /// client's next watch).
     hold: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Kinds whose list requests wait (so a test can see the agent before it has synced).
+    hold_lists: Arc<tokio::sync::watch::Sender<Vec<String>>>,
 }
 
 fn kind_of(object: &Value) -> &'static str {
@@ -98,7 +100,9 @@ impl FakeApi {
         let (tx, _) = broadcast::channel(4096);
         let (cut_tx, _) = broadcast::channel(16);
         let (hold, _) = tokio::sync::watch::channel(false);
+        let (hold_lists, _) = tokio::sync::watch::channel(Vec::new());
         Self {
+            hold_lists: Arc::new(hold_lists),
             hold: Arc::new(hold),
             inner: Arc::new(Mutex::new(Inner {
                 rv: 1,
@@ -178,6 +182,16 @@ impl FakeApi {
         self.hold.send_replace(false);
     }
 
+    /// Holds list requests of `kinds` until `release_lists`.
+    pub fn hold_lists_of(&self, kinds: &[&str]) {
+        self.hold_lists
+            .send_replace(kinds.iter().map(|k| (*k).to_owned()).collect());
+    }
+
+    pub fn release_lists(&self) {
+        self.hold_lists.send_replace(Vec::new());
+    }
+
     /// The requests seen so far: (kind, list|watch, resourceVersion).
     pub fn requests(&self) -> Vec<(String, String, Option<String>)> {
         self.inner.lock().unwrap().requests.clone()
@@ -241,6 +255,11 @@ async fn collection(
     if watch {
         let mut held = api.hold.subscribe();
         let _ = held.wait_for(|hold| !*hold).await;
+    } else {
+        let mut held = api.hold_lists.subscribe();
+        let _ = held
+            .wait_for(|kinds| !kinds.iter().any(|k| k == kind))
+            .await;
     }
     let rv = query.get("resourceVersion").cloned();
     let bookmarks = query
