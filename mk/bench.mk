@@ -17,3 +17,7 @@ bench-events: bootstrap ## event path (root): kernel ring buffer -> fan-out -> J
 .PHONY: bench-flows
 bench-flows: bootstrap ## flow records: decode + enrich + serialize per record on one core
 	nice $(CARGO) bench --locked -p flowgate-flows --bench records
+
+.PHONY: bench-source
+bench-source: bootstrap ## Kubernetes-mode cluster store at 50,000 pods: watch event ingest and memory vs kube's reflector
+	nice $(CARGO) bench --locked -p flowgate --bench cluster_source

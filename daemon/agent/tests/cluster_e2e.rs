@@ -270,6 +270,11 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     // The NetworkPolicy list is held: the agent must not call itself ready (nor apply a
     // snapshot built without the policies) until it has them.
     api.hold_lists_of(&["NetworkPolicy"]);
+    // One pod the typed decoder cannot read (a port as a word) must cost only itself, not the
+    // whole pod list: the agent still syncs, and says which object it skipped.
+    let mut garbled = pod("x", "garbled", NODE, "10.61.7.7", "a");
+    garbled["spec"]["containers"][0]["ports"] = json!([{"containerPort": "eighty"}]);
+    api.set(garbled);
     let api_listener = lab
         .in_node(|| TcpListener::bind("127.0.0.1:0").unwrap())
         .unwrap();
@@ -351,6 +356,13 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     eprintln!(
         "ready {:.0} ms after the last list was answered",
         released.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(
+        agent
+            .log()
+            .contains("skipped Pod x/garbled: cannot be decoded as a Pod"),
+        "{}",
+        agent.log()
     );
     let first = generation(&lab, http_addr);
     assert!(first >= 1.0, "a generation is applied when ready");
@@ -455,6 +467,13 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
                 http_addr,
                 r#"flowgate_source_objects_rejected_total{kind="NetworkPolicy"}"#,
             ) == Some(1.0)
+                // The garbled pod, once per list (the relist after 410 saw it again).
+                && metric(
+                    &lab,
+                    http_addr,
+                    r#"flowgate_source_objects_rejected_total{kind="Pod"}"#,
+                )
+                .is_some_and(|n| n >= 1.0)
         },
     );
     assert!(

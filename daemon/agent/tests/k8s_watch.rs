@@ -21,7 +21,7 @@ use flowgate::k8s::watch::{self, Source, SourceEvents};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use kube::client::Body;
-use kube::{Api, Client};
+use kube::Client;
 use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -64,6 +64,13 @@ fn pod(name: &str, ip: &str, rv: u64) -> Value {
                         "labels": {"app": name}},
            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
            "status": {"phase": "Running", "podIP": ip}})
+}
+
+/// A pod the typed decoder cannot read (a port as a word): it must cost only itself.
+fn garbled() -> Value {
+    let mut p = pod("garbled", "10.0.0.9", 7);
+    p["spec"]["containers"][0]["ports"] = json!([{"containerPort": "eighty"}]);
+    p
 }
 
 fn body(value: &Value) -> Response<Body> {
@@ -117,7 +124,7 @@ async fn list_then_watch_from_its_version_then_relist_after_410_gone() {
     let source = Source::new();
     let counted = Arc::new(Counted::default());
     tokio::spawn(watch::run::<core::Pod>(
-        Api::all(client),
+        client,
         Arc::clone(&source),
         Arc::clone(&counted) as Arc<dyn SourceEvents>,
     ));
@@ -128,7 +135,7 @@ async fn list_then_watch_from_its_version_then_relist_after_410_gone() {
     assert!(!q.contains_key("watch"), "a list first: {q:?}");
     send.send_response(body(&json!({
         "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "10"},
-        "items": [pod("p1", "10.0.0.1", 5), pod("p2", "10.0.0.2", 6)]})));
+        "items": [pod("p1", "10.0.0.1", 5), pod("p2", "10.0.0.2", 6), garbled()]})));
 
     // 2. A watch from the listed resourceVersion, asking for bookmarks. It brings a new pod,
     // a bookmark, an invalid pod (rejected, counted), then 410 Gone.
@@ -192,11 +199,11 @@ async fn list_then_watch_from_its_version_then_relist_after_410_gone() {
     );
     assert_eq!(
         counted.rejected.load(Ordering::SeqCst),
-        1,
-        "the invalid pod is counted"
+        2,
+        "the undecodable pod of the list and the invalid pod of the watch are counted"
     );
-    assert_eq!(*counted.kinds.lock().unwrap(), [Kind::Pod]);
-    assert_eq!(source.lock().rejected, [0, 1, 0]);
+    assert_eq!(*counted.kinds.lock().unwrap(), [Kind::Pod, Kind::Pod]);
+    assert_eq!(source.lock().rejected, [0, 2, 0]);
     assert!(
         counted.errors.load(Ordering::SeqCst) >= 1,
         "the 410 is counted as a watch error"
@@ -210,7 +217,7 @@ async fn network_policies_are_watched_cluster_wide_and_deletes_apply() {
     let client = Client::new(service, "default");
     let source = Source::new();
     tokio::spawn(watch::run::<net::NetworkPolicy>(
-        Api::all(client),
+        client,
         Arc::clone(&source),
         Arc::new(Counted::default()) as Arc<dyn SourceEvents>,
     ));

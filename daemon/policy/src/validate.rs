@@ -103,14 +103,22 @@ fn labels_of(
 }
 
 pub fn namespace(value: Value) -> Result<Namespace> {
-    let ns: core::Namespace = decode(value)?;
+    namespace_object(decode(value)?)
+}
+
+/// `namespace` for an already decoded object (as a Kubernetes watch delivers it).
+pub fn namespace_object(ns: core::Namespace) -> Result<Namespace> {
     let name = name_of(&ns.metadata, true)?;
     let labels = labels_of(ns.metadata.labels.as_ref(), "metadata.labels")?;
     Ok(Namespace::new(&name, labels, false))
 }
 
 pub fn pod(value: Value) -> Result<Pod> {
-    let pod: core::Pod = decode(value)?;
+    pod_object(decode(value)?)
+}
+
+/// `pod` for an already decoded object (as a Kubernetes watch delivers it).
+pub fn pod_object(pod: core::Pod) -> Result<Pod> {
     let name = name_of(&pod.metadata, false)?;
     let namespace = namespace_of(&pod.metadata)?;
     let labels = labels_of(pod.metadata.labels.as_ref(), "metadata.labels")?;
@@ -211,7 +219,11 @@ fn protocol(value: Option<&str>, field: &str) -> Result<Protocol> {
 }
 
 pub fn network_policy(value: Value) -> Result<Policy> {
-    let policy: net::NetworkPolicy = decode(value)?;
+    network_policy_object(decode(value)?)
+}
+
+/// `network_policy` for an already decoded object (as a Kubernetes watch delivers it).
+pub fn network_policy_object(policy: net::NetworkPolicy) -> Result<Policy> {
     let name = name_of(&policy.metadata, false)?;
     let namespace = namespace_of(&policy.metadata)?;
     let spec = policy.spec.unwrap_or_default();

@@ -13,7 +13,9 @@ use flowgate_policy::model::{Namespace, Pod, Policy};
 use flowgate_policy::validate::{self, FieldError};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
+use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
+use serde::de::DeserializeOwned;
 
 /// The kinds the agent watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,29 +80,22 @@ impl std::fmt::Display for Rejected {
 }
 
 /// A Kubernetes object the store takes in, with its conversion to the model.
-pub trait Watched: kube::Resource<DynamicType = ()> + Clone + serde::Serialize {
+pub trait Watched: kube::Resource<DynamicType = ()> + Clone {
     const KIND: Kind;
     type Model: Clone + PartialEq;
 
     /// The model object, `Ok(None)` for one that takes no part in policy (a finished pod).
-    fn to_model(&self) -> Result<Option<Self::Model>, FieldError>;
+    fn into_model(self) -> Result<Option<Self::Model>, FieldError>;
 
     fn models(store: &mut ClusterStore) -> &mut BTreeMap<Key, Self::Model>;
-}
-
-fn as_value<T: serde::Serialize>(object: &T) -> Result<serde_json::Value, FieldError> {
-    serde_json::to_value(object).map_err(|e| FieldError {
-        field: None,
-        message: format!("cannot be re-encoded: {e}"),
-    })
 }
 
 impl Watched for core::Namespace {
     const KIND: Kind = Kind::Namespace;
     type Model = Namespace;
 
-    fn to_model(&self) -> Result<Option<Namespace>, FieldError> {
-        validate::namespace(as_value(self)?).map(Some)
+    fn into_model(self) -> Result<Option<Namespace>, FieldError> {
+        validate::namespace_object(self).map(Some)
     }
 
     fn models(store: &mut ClusterStore) -> &mut BTreeMap<Key, Namespace> {
@@ -112,14 +107,14 @@ impl Watched for core::Pod {
     const KIND: Kind = Kind::Pod;
     type Model = Pod;
 
-    fn to_model(&self) -> Result<Option<Pod>, FieldError> {
+    fn into_model(self) -> Result<Option<Pod>, FieldError> {
         // A pod that has finished keeps its IP in status, but the IP may already belong to a
         // new pod: like kube-proxy and the CNIs, ignore it.
         let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
         if matches!(phase, Some("Succeeded" | "Failed")) {
             return Ok(None);
         }
-        validate::pod(as_value(self)?).map(Some)
+        validate::pod_object(self).map(Some)
     }
 
     fn models(store: &mut ClusterStore) -> &mut BTreeMap<Key, Pod> {
@@ -131,8 +126,8 @@ impl Watched for net::NetworkPolicy {
     const KIND: Kind = Kind::NetworkPolicy;
     type Model = Policy;
 
-    fn to_model(&self) -> Result<Option<Policy>, FieldError> {
-        validate::network_policy(as_value(self)?).map(Some)
+    fn into_model(self) -> Result<Option<Policy>, FieldError> {
+        validate::network_policy_object(self).map(Some)
     }
 
     fn models(store: &mut ClusterStore) -> &mut BTreeMap<Key, Policy> {
@@ -146,6 +141,17 @@ fn key_of<K: kube::Resource>(object: &K) -> Key {
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     )
+}
+
+/// The same event with each object passed through `f`.
+fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
+    match event {
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
+        Event::InitApply(o) => Event::InitApply(f(o)),
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 /// What one watcher event did to the store.
@@ -182,16 +188,43 @@ impl ClusterStore {
 
     /// Takes one watcher event.
     pub fn handle<K: Watched>(&mut self, event: Event<K>, now: Instant) -> Applied {
+        self.take(map_event(event, |object| (key_of(&object), Ok(object))), now)
+    }
+
+    /// Takes one event of the untyped watch the agent runs (so that one object the typed
+    /// decoder cannot read is rejected alone, instead of failing the whole list or watch).
+    pub fn handle_dynamic<K: Watched + DeserializeOwned>(
+        &mut self,
+        event: Event<DynamicObject>,
+        now: Instant,
+    ) -> Applied {
+        self.take::<K>(
+            map_event(event, |object| {
+                let key = key_of(&object);
+                let typed = object.try_parse::<K>().map_err(|e| FieldError {
+                    field: None,
+                    message: format!("cannot be decoded as a {}: {e}", K::KIND),
+                });
+                (key, typed)
+            }),
+            now,
+        )
+    }
+
+    fn take<K: Watched>(
+        &mut self,
+        event: Event<(Key, Result<K, FieldError>)>,
+        now: Instant,
+    ) -> Applied {
         let kind = K::KIND.index();
         let mut applied = Applied::default();
         match event {
             Event::Init => self.relisting[kind] = Some(Vec::new()),
-            Event::InitApply(object) | Event::Apply(object) => {
-                let key = key_of(&object);
+            Event::InitApply((key, object)) | Event::Apply((key, object)) => {
                 if let Some(listed) = &mut self.relisting[kind] {
                     listed.push(key.clone());
                 }
-                match object.to_model() {
+                match object.and_then(K::into_model) {
                     Ok(Some(model)) => {
                         let models = K::models(self);
                         if models.get(&key) != Some(&model) {
@@ -211,8 +244,8 @@ impl ClusterStore {
                     }
                 }
             }
-            Event::Delete(object) => {
-                applied.changed = K::models(self).remove(&key_of(&object)).is_some();
+            Event::Delete((key, _)) => {
+                applied.changed = K::models(self).remove(&key).is_some();
             }
             Event::InitDone => {
                 if let Some(listed) = self.relisting[kind].take() {
@@ -316,10 +349,10 @@ mod tests {
         let mut s = ClusterStore::new();
         let t = Instant::now();
         s.handle::<core::Pod>(Event::Init, t);
-        s.handle(Event::InitApply(pod("a", "p1", "n1", "10.0.0.1", &[])), t);
+        assert!(s.handle(Event::InitApply(pod("a", "p1", "n1", "10.0.0.1", &[])), t).changed);
         s.handle(Event::InitApply(pod("a", "p2", "n1", "10.0.0.2", &[])), t);
         let done = s.handle::<core::Pod>(Event::InitDone, t);
-        assert!(done.synced && done.changed);
+        assert!(done.synced && !done.changed, "the list removed nothing");
         assert!(!s.synced(), "namespaces and policies have not listed yet");
         assert_eq!(s.waiting_for(), vec![Kind::Namespace, Kind::NetworkPolicy]);
         // 410 Gone: the watcher relists; p2 was deleted while the watch was down.

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, watcher};
+use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 
@@ -67,28 +68,32 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
 /// Starts the three watchers on the current tokio runtime.
 pub fn spawn(client: &Client, source: &Arc<Source>, events: Arc<dyn SourceEvents>) {
     tokio::spawn(run::<core::Namespace>(
-        Api::all(client.clone()),
+        client.clone(),
         Arc::clone(source),
         Arc::clone(&events),
     ));
     tokio::spawn(run::<core::Pod>(
-        Api::all(client.clone()),
+        client.clone(),
         Arc::clone(source),
         Arc::clone(&events),
     ));
     tokio::spawn(run::<net::NetworkPolicy>(
-        Api::all(client.clone()),
+        client.clone(),
         Arc::clone(source),
         events,
     ));
 }
 
-/// One watcher, forever: events into the store, errors logged and counted.
-pub async fn run<K>(api: Api<K>, source: Arc<Source>, events: Arc<dyn SourceEvents>)
+/// One watcher of kind `K`, forever: events into the store, errors logged and counted. The
+/// watch itself is untyped (`DynamicObject`): each object is decoded on its own, so one that
+/// the typed decoder cannot read is rejected alone instead of failing the whole list (which
+/// would relist forever and never sync).
+pub async fn run<K>(client: Client, source: Arc<Source>, events: Arc<dyn SourceEvents>)
 where
     K: Watched + DeserializeOwned + Debug + Send + 'static,
 {
     let kind = K::KIND;
+    let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<K>(&()));
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -97,7 +102,7 @@ where
         match item {
             Ok(event) => {
                 failing = false;
-                let applied = source.lock().handle(event, Instant::now());
+                let applied = source.lock().handle_dynamic::<K>(event, Instant::now());
                 if let Some(rejected) = applied.rejected {
                     eprintln!("flowgate agent: skipped {rejected}");
                     events.rejected(kind);
