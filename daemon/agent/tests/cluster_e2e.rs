@@ -240,6 +240,72 @@ fn generation(lab: &Lab, addr: SocketAddr) -> f64 {
     metric(lab, addr, "flowgate_policy_generation").unwrap_or(0.0)
 }
 
+/// Serves `api` on loopback inside the lab's node namespace (where the agent runs).
+fn serve(lab: &Lab, api: &FakeApi) -> SocketAddr {
+    let listener = lab
+        .in_node(|| TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    api.serve(listener);
+    addr
+}
+
+/// A free loopback address in the lab's node namespace.
+fn free_addr(lab: &Lab) -> SocketAddr {
+    lab.in_node(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    })
+    .unwrap()
+}
+
+/// Starts `flowgate agent` in Kubernetes mode in the lab's node namespace (nsenter keeps /sys
+/// as it is; `ip netns exec` remounts it), pointed at the fake API server by a kubeconfig.
+fn start_agent(
+    lab: &Lab,
+    api_addr: SocketAddr,
+    http_addr: SocketAddr,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Agent {
+    std::fs::create_dir_all(dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: 'http://{api_addr}'}}\n\
+             users:\n- name: agent\n  user: {{token: not-checked}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: agent}}\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", lab.node_netns().display()))
+        .arg(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["agent", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--node-name", NODE, "--http-addr", &http_addr.to_string()])
+        .args([
+            "--sync-min-interval-ms",
+            "50",
+            "--sync-max-interval-ms",
+            "300",
+        ])
+        .args(["--heartbeat-secs", "0", "--log-format", "json"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsenter runs the agent");
+    Agent {
+        stdout: collect(child.stdout.take().unwrap()),
+        stderr: collect(child.stderr.take().unwrap()),
+        child,
+    }
+}
+
 #[test]
 fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     if !is_root() {
@@ -275,55 +341,10 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     let mut garbled = pod("x", "garbled", NODE, "10.61.7.7", "a");
     garbled["spec"]["containers"][0]["ports"] = json!([{"containerPort": "eighty"}]);
     api.set(garbled);
-    let api_listener = lab
-        .in_node(|| TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap();
-    let api_addr = api_listener.local_addr().unwrap();
-    api.serve(api_listener);
-    let http_addr: SocketAddr = lab
-        .in_node(|| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        })
-        .unwrap();
+    let api_addr = serve(&lab, &api);
+    let http_addr = free_addr(&lab);
     let dir = std::env::temp_dir().join(format!("flowgate-cluster-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: 'http://{api_addr}'}}\n\
-             users:\n- name: agent\n  user: {{token: not-checked}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: agent}}\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
-
-    // The agent in the node namespace (nsenter keeps /sys as it is; `ip netns exec` remounts it).
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", lab.node_netns().display()))
-        .arg(env!("CARGO_BIN_EXE_flowgate"))
-        .args(["agent", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .args(["--node-name", NODE, "--http-addr", &http_addr.to_string()])
-        .args([
-            "--sync-min-interval-ms",
-            "50",
-            "--sync-max-interval-ms",
-            "300",
-        ])
-        .args(["--heartbeat-secs", "0", "--log-format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nsenter runs the agent");
-    let agent = Agent {
-        stdout: collect(child.stdout.take().unwrap()),
-        stderr: collect(child.stderr.take().unwrap()),
-        child,
-    };
+    let agent = start_agent(&lab, api_addr, http_addr, &dir, &[]);
 
     // Not ready while a watch has not synced, and nothing applied.
     wait_for(
@@ -566,4 +587,73 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     lab.teardown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let _: Option<IpAddr> = None;
+}
+
+/// Flannel-style node: the pods are ports of the bridge cni0. The agent must find each pod's
+/// veth through the bridge's neighbour and forwarding tables (resolving a MAC it has not seen
+/// yet without sending the pod a packet), and enforce there.
+#[test]
+fn on_a_bridged_node_the_agent_finds_the_pods_behind_the_bridge_and_enforces() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces, veths, eBPF)");
+        return;
+    }
+    let mut objects = vec![
+        namespace("x"),
+        namespace("y"),
+        pod("x", "a", NODE, "10.62.0.11", "a"),
+        pod("x", "b", NODE, "10.62.0.12", "b"),
+        pod("y", "c", NODE, "10.62.0.13", "c"),
+        allow_from_c(),
+    ];
+    let lab = Lab::build_wired(
+        &LabSpec::from_cluster(&oracle(&objects)),
+        flowgate::lab::LabWiring::Bridged,
+    )
+    .expect("the bridged lab builds");
+    let api = FakeApi::new();
+    for o in &objects {
+        api.set(o.clone());
+    }
+    let api_addr = serve(&lab, &api);
+    let http_addr = free_addr(&lab);
+    let dir = std::env::temp_dir().join(format!("flowgate-cluster-bridged-{}", std::process::id()));
+    let agent = start_agent(&lab, api_addr, http_addr, &dir, &[]);
+    let started = Instant::now();
+    wait_for("/readyz", &agent, Duration::from_secs(30), || {
+        get(&lab, http_addr, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    // Every local pod enforced (none left pending behind the bridge).
+    wait_for(
+        "every pod attached",
+        &agent,
+        Duration::from_secs(20),
+        || {
+            get(&lab, http_addr, "/v1/policies").is_some_and(|(_, body)| {
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                v["endpoints"].as_array().is_some_and(|e| e.len() == 3)
+                    && v["unenforced"].as_array().is_some_and(Vec::is_empty)
+            })
+        },
+    );
+    converge(
+        &lab,
+        &oracle(&objects),
+        "bridged: initial state",
+        &agent,
+        started,
+    );
+    objects.push(deny_y());
+    let changed = Instant::now();
+    api.set(deny_y());
+    converge(
+        &lab,
+        &oracle(&objects),
+        "bridged: y/deny-all created",
+        &agent,
+        changed,
+    );
+    drop(agent);
+    lab.teardown().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,6 +27,8 @@ use crate::node::Node;
 /// How often local pods' interfaces are re-checked when nothing changed (a recreated
 /// interface, a pod whose interface was not there yet).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// ... and while a pod waits for the kernel (a bridged pod's MAC being resolved).
+const RECONCILE_PENDING: Duration = Duration::from_millis(100);
 
 /// Watcher errors and rejections go to the metrics.
 struct Events(AgentMetrics);
@@ -93,6 +95,7 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
     let mut failed: BTreeMap<String, HostInterface> = BTreeMap::new();
     let mut reported: BTreeMap<String, String> = BTreeMap::new();
     let mut last_reconcile: Option<Instant> = None;
+    let mut waiting_pods = false;
     let mut need_apply = true;
     let mut ready = false;
     let started = Instant::now();
@@ -112,11 +115,19 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
             ));
             continue;
         }
-        // Local pods and their interfaces: on every change, and every second regardless.
-        if pending.0.is_some() || last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
+        // Local pods and their interfaces: after a change, and every second regardless (more
+        // often while a pod is pending).
+        let every = if waiting_pods {
+            RECONCILE_PENDING
+        } else {
+            RECONCILE_EVERY
+        };
+        let due = last_reconcile
+            .is_none_or(|t| t.elapsed() >= every || pending.1.is_some_and(|change| change > t));
+        if due {
             last_reconcile = Some(Instant::now());
             let desired = source.lock().local_pods(&node_name);
-            need_apply |= reconcile(
+            let pass = reconcile(
                 &mut node,
                 &mut tracker,
                 &mut failed,
@@ -124,6 +135,8 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
                 &services,
                 &mut reported,
             );
+            need_apply |= pass.changed;
+            waiting_pods = pass.pending;
         }
         if !(need_apply || debounce.due(pending.0, pending.1, Instant::now())) {
             continue;
@@ -164,8 +177,15 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// Brings the attached interfaces in line with the local pods. Returns whether the set of
-/// enforced pods changed (a recompile is due).
+/// What one reconcile pass found.
+struct Pass {
+    /// The set of enforced pods changed: a recompile is due.
+    changed: bool,
+    /// Some pod waits for the kernel (retry soon).
+    pending: bool,
+}
+
+/// Brings the attached interfaces in line with the local pods.
 fn reconcile(
     node: &mut Node,
     tracker: &mut InterfaceTracker,
@@ -173,8 +193,9 @@ fn reconcile(
     desired: &[(String, Vec<std::net::IpAddr>)],
     services: &Services,
     reported: &mut BTreeMap<String, String>,
-) -> bool {
+) -> Pass {
     let changes = tracker.reconcile(desired);
+    let pending = changes.unresolved.iter().any(|(_, e)| e.is_pending());
     let mut changed = false;
     for (pod, _) in &changes.detach {
         node.forget_local(pod);
@@ -233,5 +254,5 @@ fn reconcile(
     let by_reason: Vec<(&str, u64)> = by_reason.into_iter().collect();
     services.metrics.flows().set_pods_unenforced(&by_reason);
     services.api.set_unenforced(unenforced);
-    changed
+    Pass { changed, pending }
 }
