@@ -20,8 +20,8 @@ use flowgate::k8s::store::Kind;
 use flowgate::k8s::watch::{self, Source, SourceEvents};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
-use kube::client::Body;
 use kube::Client;
+use kube::client::Body;
 use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

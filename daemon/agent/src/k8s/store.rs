@@ -188,7 +188,10 @@ impl ClusterStore {
 
     /// Takes one watcher event.
     pub fn handle<K: Watched>(&mut self, event: Event<K>, now: Instant) -> Applied {
-        self.take(map_event(event, |object| (key_of(&object), Ok(object))), now)
+        self.take(
+            map_event(event, |object| (key_of(&object), Ok(object))),
+            now,
+        )
     }
 
     /// Takes one event of the untyped watch the agent runs (so that one object the typed
@@ -349,7 +352,10 @@ mod tests {
         let mut s = ClusterStore::new();
         let t = Instant::now();
         s.handle::<core::Pod>(Event::Init, t);
-        assert!(s.handle(Event::InitApply(pod("a", "p1", "n1", "10.0.0.1", &[])), t).changed);
+        assert!(
+            s.handle(Event::InitApply(pod("a", "p1", "n1", "10.0.0.1", &[])), t)
+                .changed
+        );
         s.handle(Event::InitApply(pod("a", "p2", "n1", "10.0.0.2", &[])), t);
         let done = s.handle::<core::Pod>(Event::InitDone, t);
         assert!(done.synced && !done.changed, "the list removed nothing");
