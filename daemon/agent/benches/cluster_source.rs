@@ -49,7 +49,7 @@ fn pod_json(i: usize) -> Vec<u8> {
             "name": format!("{app}-7d9f8c6b5-{i:05x}"), "namespace": ns,
             "uid": format!("6f1c2a3e-0000-4000-8000-{i:012x}"), "resourceVersion": format!("{}", 1_000 + i),
             "creationTimestamp": "2026-11-28T10:00:00Z",
-            "labels": {"app": app, "pod-template-hash": "7d9f8c6b5", "tier": if i % 3 == 0 { "web" } else { "api" }},
+            "labels": {"app": app, "pod-template-hash": "7d9f8c6b5", "tier": if i.is_multiple_of(3) { "web" } else { "api" }},
             "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-27T09:00:00Z"},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-7d9f8c6b5"),
                                  "uid": "0b5e5d1c-1111-4222-8333-444455556666", "controller": true, "blockOwnerDeletion": true}],
