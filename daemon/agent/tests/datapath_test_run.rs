@@ -107,7 +107,11 @@ struct Harness {
 
 impl Harness {
     fn new(policies: &str, ring_bytes: u32) -> Self {
-        let mut dp = Datapath::load(&LoadOptions { ring_bytes }).expect("the datapath loads");
+        let mut dp = Datapath::load(&LoadOptions {
+            ring_bytes,
+            ..LoadOptions::default()
+        })
+        .expect("the datapath loads");
         let ring = dp.take_events().unwrap();
         let c = cluster(policies);
         let snap = compile(&c, &locals(), None);

@@ -73,7 +73,11 @@ fn every_event_is_delivered_or_counted_lost_and_the_datapath_never_waits() {
         None,
     );
     // Two pages of ring: it overflows quickly when the reader is slow.
-    let mut dp = Datapath::load(&LoadOptions { ring_bytes: 8192 }).unwrap();
+    let mut dp = Datapath::load(&LoadOptions {
+        ring_bytes: 8192,
+        ..LoadOptions::default()
+    })
+    .unwrap();
     let mut ring = dp.take_events().unwrap();
     dp.apply(&diff(&Snapshot::default(), &snap, Mode::Enforce))
         .unwrap();

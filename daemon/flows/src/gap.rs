@@ -19,6 +19,10 @@ fn gap() -> &'static str {
 pub enum Stage {
     /// The kernel's ring buffer was full (counted per CPU by the datapath).
     Ringbuf,
+    /// The agent restarted and adopted the running datapath: the ring buffer filled up while no
+    /// agent read it, or the previous agent had not reported those losses. The first record of
+    /// such a run, even with nothing lost.
+    Restart,
     /// A sink's bounded queue was full (the sink is slower than the event rate).
     Sink(String),
 }
@@ -27,6 +31,7 @@ impl Stage {
     pub fn label(&self) -> String {
         match self {
             Self::Ringbuf => "ringbuf".into(),
+            Self::Restart => "restart".into(),
             Self::Sink(name) => format!("sink_{name}"),
         }
     }
@@ -73,7 +78,7 @@ pub struct GapRecord {
     /// sink's stream); for a ring-buffer gap: a sequence number of its own.
     pub seq: u64,
     pub node: String,
-    /// `ringbuf` or `sink_<name>`.
+    /// `ringbuf`, `restart` or `sink_<name>`.
     pub stage: String,
     /// Lost records per verdict class (`allow`, `deny`, `audit`).
     pub lost: LostCounts,

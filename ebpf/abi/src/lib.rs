@@ -17,7 +17,8 @@
 
 use core::mem::size_of;
 
-/// Bumped whenever a layout below changes; carried in every event.
+/// Bumped whenever a layout below changes, or the meaning of a map's entries; carried in every
+/// event. A pinned datapath of another version is replaced, never adopted (`PinMeta`).
 pub const ABI_VERSION: u8 = 2;
 
 /// Map names, as in the eBPF object.
@@ -339,6 +340,28 @@ pub struct DedupValue {
     pub _pad: u32,
 }
 
+/// The pinned datapath's record (`<pin dir>/meta`, a one-entry array the agent creates and the
+/// kernel programs never read): which layout the pinned maps have, and what the agent running
+/// on them has reported. A new agent adopts the pinned maps only when `magic`, `abi_version` and
+/// `layout` equal its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PinMeta {
+    /// `PIN_MAGIC`.
+    pub magic: u32,
+    /// `ABI_VERSION` of the agent that created the pinned maps.
+    pub abi_version: u8,
+    pub _pad: [u8; 3],
+    /// Fingerprint of every pinned map's (name, type, key size, value size, capacity).
+    pub layout: u64,
+    /// Ring-buffer losses (`LOST` summed over CPUs, per verdict class) already reported in a gap
+    /// record; the next agent reports the rest.
+    pub reported_lost: [u64; LOST_SLOTS as usize],
+}
+
+/// `PinMeta::magic`: "FGPN".
+pub const PIN_MAGIC: u32 = u32::from_le_bytes(*b"FGPN");
+
 const _: () = assert!(size_of::<PolicyKeyData>() == 12);
 const _: () = assert!(size_of::<FlowEvent>() == 88);
 const _: () = assert!(core::mem::align_of::<FlowEvent>() == 8);
@@ -353,6 +376,7 @@ const _: () = assert!(size_of::<IpCacheKey>() == 20);
 const _: () = assert!(size_of::<IpCacheValue>() == 4);
 const _: () = assert!(size_of::<PolicyKey>() == 16);
 const _: () = assert!(size_of::<PolicyValue>() == 4);
+const _: () = assert!(size_of::<PinMeta>() == 40);
 
 #[cfg(feature = "user")]
 mod user {
@@ -372,4 +396,5 @@ mod user {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::DedupValue {}
+    unsafe impl aya::Pod for super::PinMeta {}
 }

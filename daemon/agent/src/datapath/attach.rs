@@ -56,15 +56,27 @@ pub fn attach(
     attach_type: TcAttachType,
     mode: TcMode,
 ) -> Result<(SchedClassifierLinkId, Attached), AttachError> {
+    attach_with(prog, iface, attach_type, mode, NlOptions::default())
+}
+
+/// `attach`, with the priority and handle a legacy filter gets (the kernel picks them when they
+/// are 0; a pinned datapath fixes them so the next agent can replace its filters in place).
+pub fn attach_with(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    attach_type: TcAttachType,
+    mode: TcMode,
+    filter: NlOptions,
+) -> Result<(SchedClassifierLinkId, Attached), AttachError> {
     match mode {
         TcMode::Tcx => attach_tcx(prog, iface, attach_type).map(|id| (id, Attached::Tcx)),
         TcMode::Netlink => {
-            attach_netlink(prog, iface, attach_type).map(|id| (id, Attached::Netlink))
+            attach_netlink(prog, iface, attach_type, filter).map(|id| (id, Attached::Netlink))
         }
         TcMode::Auto => match attach_tcx(prog, iface, attach_type) {
             Ok(id) => Ok((id, Attached::Tcx)),
             Err(AttachError::Attach { source, .. }) if tcx_unsupported(&source) => {
-                attach_netlink(prog, iface, attach_type).map(|id| (id, Attached::Netlink))
+                attach_netlink(prog, iface, attach_type, filter).map(|id| (id, Attached::Netlink))
             }
             Err(e) => Err(e),
         },
@@ -94,6 +106,7 @@ fn attach_netlink(
     prog: &mut SchedClassifier,
     iface: &str,
     attach_type: TcAttachType,
+    filter: NlOptions,
 ) -> Result<SchedClassifierLinkId, AttachError> {
     // NLM_F_EXCL: EEXIST when the qdisc is already there, which is fine.
     if let Err(source) = tc::qdisc_add_clsact(iface) {
@@ -106,17 +119,13 @@ fn attach_netlink(
             });
         }
     }
-    prog.attach_with_options(
-        iface,
-        attach_type,
-        TcAttachOptions::Netlink(NlOptions::default()),
-    )
-    .map_err(|source| AttachError::Attach {
-        iface: iface.to_owned(),
-        attach_type,
-        mode: Attached::Netlink,
-        source,
-    })
+    prog.attach_with_options(iface, attach_type, TcAttachOptions::Netlink(filter))
+        .map_err(|source| AttachError::Attach {
+            iface: iface.to_owned(),
+            attach_type,
+            mode: Attached::Netlink,
+            source,
+        })
 }
 
 /// What a kernel without TCX answers to `BPF_LINK_CREATE` with `BPF_TCX_*`.

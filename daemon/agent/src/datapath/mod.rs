@@ -1,10 +1,17 @@
 //! The loaded eBPF datapath: the embedded object (built by build.rs), its two TC programs and
-//! its maps. Applies `flowgate_policy::maps::MapOp`s in order, attaches to pod interfaces, and
-//! hands out the ring buffer and loss counters. Used by `flowgate lab` and `flowgate agent`.
+//! its maps. Plans and applies `flowgate_policy::maps::MapOp`s in order, attaches to pod
+//! interfaces, and hands out the ring buffer and loss counters. Used by `flowgate lab` and
+//! `flowgate agent`. With a pin directory (`pinned.rs`) the datapath outlives the agent, and the
+//! next agent adopts it.
 
 pub mod attach;
 pub mod events;
+pub mod pin;
+mod pinned;
+pub mod takeover;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
@@ -12,12 +19,15 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use flowgate_abi::{
-    Active, EndpointInfo, EndpointKey, IpCacheValue, LOST_SLOTS, PolicyKeyData, PolicyValue, maps,
-    programs,
+    Active, EndpointInfo, EndpointKey, IpCacheKey, IpCacheValue, LOST_SLOTS, PolicyKey,
+    PolicyKeyData, PolicyValue, maps, programs,
 };
-use flowgate_policy::maps::MapOp;
+use flowgate_policy::compile::Snapshot;
+use flowgate_policy::maps::{MapOp, Mode, diff};
 
 pub use attach::{Attached, TcMode};
+pub use pin::{DEFAULT_PIN_DIR, Incompatible, Unpinned};
+pub use pinned::{Adopted, Replaced};
 
 /// The object built by aya-build in build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 pub static OBJECT: &[u8] =
@@ -53,19 +63,70 @@ pub enum DatapathError {
     },
     #[error(transparent)]
     Attach(#[from] attach::AttachError),
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not on a BPF file system ({checked} has file system magic {magic:#x}); mount one with `mount -t bpf bpf /sys/fs/bpf` (in a pod: mount the host's /sys/fs/bpf)"
+    )]
+    NotBpffs {
+        path: PathBuf,
+        checked: PathBuf,
+        magic: i64,
+    },
+    #[error("another flowgate agent holds {path} (waited {waited:?})")]
+    PinLocked { path: PathBuf, waited: Duration },
+    #[error("pinned map {path}: {source}")]
+    PinMap {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("pinned link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("pinning link {path}: {source}")]
+    LinkPin {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("the eBPF object's maps differ from the layout table in datapath/pin.rs: {detail}")]
+    LayoutTable { detail: String },
+    #[error(
+        "the adopted datapath must be taken over first: plan the first apply with Datapath::plan"
+    )]
+    TakeoverRequired,
+    #[error(transparent)]
+    Takeover(#[from] Box<takeover::TakeoverError>),
 }
 
 /// Load-time options.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Ring-buffer size in bytes: a power of two, a multiple of the page size.
+    /// Ring-buffer size in bytes: a power of two, a multiple of the page size. An adopted
+    /// datapath keeps the size of its pinned ring buffer.
     pub ring_bytes: u32,
+    /// Pin the programs' maps and links here (a directory on bpffs, e.g. `DEFAULT_PIN_DIR`) so
+    /// enforcement outlives this agent, and adopt what an earlier agent pinned here. `None`:
+    /// nothing is pinned, and dropping the `Datapath` detaches everything.
+    pub pin_dir: Option<PathBuf>,
+    /// How long a pinned load waits for another agent to release the pin directory.
+    pub lock_wait: Duration,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             ring_bytes: flowgate_abi::capacity::EVENTS_BYTES,
+            pin_dir: None,
+            lock_wait: Duration::from_secs(60),
         }
     }
 }
@@ -78,6 +139,9 @@ pub struct Datapath {
     ipcache: LpmTrie<MapData, [u8; 16], IpCacheValue>,
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
     lost: PerCpuArray<MapData, u64>,
+    /// `lost` as of the last gap report (`take_lost`).
+    reported_lost: [u64; LOST_SLOTS as usize],
+    pinned: Option<pinned::Pinned>,
     /// Ops applied so far (for statistics).
     pub applied_ops: u64,
 }
@@ -105,14 +169,25 @@ where
 }
 
 impl Datapath {
-    /// Loads the object and both programs into the kernel.
+    /// Loads the object and both programs into the kernel. With `options.pin_dir`, adopts the
+    /// datapath pinned there if it is compatible (see `adopted`), replaces it if not (see
+    /// `replaced`), or pins a fresh one.
     pub fn load(options: &LoadOptions) -> Result<Self, DatapathError> {
         if OBJECT.is_empty() {
             return Err(DatapathError::NotBuilt);
         }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::EVENTS, options.ring_bytes)
-            .load(OBJECT)?;
+        match &options.pin_dir {
+            Some(dir) => pinned::load(options, dir),
+            None => {
+                let mut loader = EbpfLoader::new();
+                loader.map_max_entries(maps::EVENTS, options.ring_bytes);
+                Self::load_with(&mut loader)
+            }
+        }
+    }
+
+    fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Self, DatapathError> {
+        let mut ebpf = loader.load(OBJECT)?;
         for name in [programs::FROM_POD, programs::TO_POD] {
             let prog = program_mut(&mut ebpf, name)?;
             prog.load()
@@ -125,6 +200,8 @@ impl Datapath {
             policy: take(&mut ebpf, maps::POLICY)?,
             lost: take(&mut ebpf, maps::LOST)?,
             ebpf,
+            reported_lost: [0; LOST_SLOTS as usize],
+            pinned: None,
             applied_ops: 0,
         })
     }
@@ -135,12 +212,17 @@ impl Datapath {
     }
 
     /// Attaches both programs to a pod's host-side interface (in the calling thread's network
-    /// namespace): `fg_from_pod` on TC ingress, `fg_to_pod` on TC egress.
+    /// namespace): `fg_from_pod` on TC ingress, `fg_to_pod` on TC egress. Pinned, an interface
+    /// that already has the pinned datapath's links (or filters) gets them switched to this
+    /// agent's programs, atomically, instead; `mode` then only applies to new interfaces.
     pub fn attach_pod_interface(
         &mut self,
         iface: &str,
         mode: TcMode,
     ) -> Result<Attached, DatapathError> {
+        if self.pinned.is_some() {
+            return self.attach_pinned(iface, mode);
+        }
         let from = attach::attach(
             self.program(programs::FROM_POD)?,
             iface,
@@ -169,10 +251,48 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap { name })
     }
 
-    /// Applies ops in order; `Barrier` waits `BARRIER`.
+    /// The ops that take the maps from `old` (the snapshot applied last; `Snapshot::default()`
+    /// before the first apply) to `next`: `diff(old, next, mode)`, except for the first apply
+    /// after adopting a pinned datapath, which must take over the snapshot the previous agent
+    /// left in the maps (see `takeover`; it sets `next.generation` to follow the adopted one).
+    pub fn plan(
+        &mut self,
+        old: &Snapshot,
+        next: &mut Snapshot,
+        mode: Mode,
+    ) -> Result<Vec<MapOp>, DatapathError> {
+        if !self
+            .pinned
+            .as_ref()
+            .is_some_and(pinned::Pinned::takeover_pending)
+        {
+            return Ok(diff(old, next, mode));
+        }
+        let live = self.read_live()?;
+        let ops = takeover::plan(&live, next, mode).map_err(Box::new)?;
+        if let Some(p) = &mut self.pinned {
+            p.planned = Some(next.generation);
+        }
+        Ok(ops)
+    }
+
+    /// Applies ops in order; `Barrier` waits `BARRIER`. An adopted datapath takes only the
+    /// takeover `plan` gave until that has been applied.
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DatapathError> {
+        if let Some(p) = &self.pinned
+            && p.takeover_pending()
+            && !p.planned.is_some_and(|g| activates(ops, g))
+        {
+            return Err(DatapathError::TakeoverRequired);
+        }
         for op in ops {
             self.apply_one(op)?;
+        }
+        if ops
+            .iter()
+            .any(|op| matches!(op, MapOp::Activate(a) if a.generation != 0))
+        {
+            self.applied_snapshot()?;
         }
         Ok(())
     }
@@ -210,6 +330,7 @@ impl Datapath {
     }
 
     /// Ring-buffer reserve failures so far per verdict class (allow, deny, audit), summed over CPUs.
+    /// Pinned, the count runs since the pinned maps were created.
     pub fn lost_events(&self) -> Result<[u64; LOST_SLOTS as usize], DatapathError> {
         let mut out = [0u64; LOST_SLOTS as usize];
         for (slot, total) in (0..LOST_SLOTS).zip(out.iter_mut()) {
@@ -218,6 +339,66 @@ impl Datapath {
         }
         Ok(out)
     }
+
+    /// Ring-buffer losses (allow, deny, audit) not reported yet, for a gap record: the losses
+    /// since the last call (since the load at first; an adopted datapath's earlier losses are in
+    /// `Adopted::unreported_lost`). Pinned, what has been reported is recorded in the pin
+    /// directory, so the next agent reports only the rest.
+    pub fn take_lost(&mut self) -> Result<[u64; LOST_SLOTS as usize], DatapathError> {
+        let now = self.lost_events()?;
+        let delta: [u64; LOST_SLOTS as usize] =
+            std::array::from_fn(|i| now[i].saturating_sub(self.reported_lost[i]));
+        if delta.iter().any(|d| *d != 0) {
+            self.reported_lost = now;
+            self.record_reported_lost()?;
+        }
+        Ok(delta)
+    }
+
+    /// What the policy maps hold now.
+    pub fn read_live(&self) -> Result<takeover::LiveMaps, DatapathError> {
+        let active = self.active.get(&0, 0).map_err(map_err(maps::ACTIVE))?;
+        let endpoints = self
+            .endpoints
+            .iter()
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map_err(map_err(maps::ENDPOINTS))?;
+        let mut ipcache = BTreeMap::new();
+        for entry in self.ipcache.iter() {
+            let (key, value) = entry.map_err(map_err(maps::IPCACHE))?;
+            let key = IpCacheKey {
+                prefixlen: key.prefix_len(),
+                addr: key.data(),
+            };
+            ipcache.insert(key, value);
+        }
+        let mut policy = BTreeMap::new();
+        for entry in self.policy.iter() {
+            let (key, value) = entry.map_err(map_err(maps::POLICY))?;
+            let data = key.data();
+            let key = PolicyKey {
+                prefixlen: key.prefix_len(),
+                table: data.table,
+                identity: data.identity,
+                proto: data.proto,
+                _pad: data._pad,
+                port: data.port,
+            };
+            policy.insert(key, value);
+        }
+        Ok(takeover::LiveMaps {
+            active,
+            endpoints,
+            ipcache,
+            policy,
+        })
+    }
+}
+
+/// Whether `ops` switch to generation `generation`.
+fn activates(ops: &[MapOp], generation: u32) -> bool {
+    ops.iter()
+        .any(|op| matches!(op, MapOp::Activate(a) if a.generation == generation))
 }
 
 fn program_mut<'a>(
