@@ -10,7 +10,7 @@ use flowgate_flows::record::Mode as RecordMode;
 use flowgate_flows::{Enricher, FlowRecord, Tables};
 use flowgate_policy::Cluster;
 use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile};
-use flowgate_policy::maps::{Mode, diff};
+use flowgate_policy::maps::Mode;
 
 use crate::datapath::events::{self, ReaderStats};
 use crate::datapath::{Attached, Datapath, DatapathError, LoadOptions, TcMode};
@@ -37,8 +37,6 @@ pub struct ApplyStats {
 }
 
 pub struct Node {
-    /// Ring-buffer losses already reported (allow, deny, audit).
-    reported_lost: [u64; 3],
     datapath: Datapath,
     ring: RingBuf<MapData>,
     snapshot: Snapshot,
@@ -108,7 +106,6 @@ impl Node {
             .map(|(pod, _, ifindex)| LocalEndpoint { pod, ifindex })
             .collect();
         Ok(Self {
-            reported_lost: [0; 3],
             datapath,
             ring,
             snapshot: Snapshot::default(),
@@ -128,7 +125,6 @@ impl Node {
         let mut datapath = Datapath::load(options)?;
         let ring = datapath.take_events()?;
         Ok(Self {
-            reported_lost: [0; 3],
             datapath,
             ring,
             snapshot: Snapshot::default(),
@@ -168,8 +164,9 @@ impl Node {
     /// Compiles `cluster` for the local pods and switches the datapath to it.
     pub fn apply(&mut self, cluster: &Cluster) -> Result<ApplyStats, NodeError> {
         let started = Instant::now();
-        let next = compile(cluster, &self.locals, Some(&self.snapshot));
-        let ops = diff(&self.snapshot, &next, self.mode);
+        let mut next = compile(cluster, &self.locals, Some(&self.snapshot));
+        // `diff`, or the takeover of an adopted pinned datapath (which sets the generation).
+        let ops = self.datapath.plan(&self.snapshot, &mut next, self.mode)?;
         let compiled = started.elapsed();
         // Tables first: events of the new generation may arrive as soon as it is active.
         let mode = match self.mode {
@@ -201,13 +198,46 @@ impl Node {
     /// A gap record for ring-buffer losses since the last call (the kernel counts them per CPU
     /// and verdict class), or `None` if nothing was lost.
     pub fn ringbuf_gap(&mut self) -> Result<Option<flowgate_flows::gap::GapRecord>, NodeError> {
-        use flowgate_flows::gap::{GapRecord, LostCounts, Stage};
-        let now = self.datapath.lost_events()?;
-        let delta = [0, 1, 2].map(|i| now[i].saturating_sub(self.reported_lost[i]));
+        let delta = self.datapath.take_lost()?;
         if delta.iter().all(|d| *d == 0) {
             return Ok(None);
         }
-        self.reported_lost = now;
+        Ok(Some(self.gap(&flowgate_flows::gap::Stage::Ringbuf, delta)))
+    }
+
+    /// After adopting the pinned datapath of a previous agent: the `restart` gap record (always,
+    /// so a consumer sees the restart), with the ring-buffer losses no agent reported while none
+    /// was reading. `None` on a fresh datapath.
+    pub fn restart_gap(&mut self) -> Option<flowgate_flows::gap::GapRecord> {
+        let lost = self.datapath.adopted()?.unreported_lost;
+        Some(self.gap(&flowgate_flows::gap::Stage::Restart, lost))
+    }
+
+    /// The pinned datapath this agent adopted: (pin directory, generation in force).
+    pub fn adopted(&self) -> Option<(std::path::PathBuf, u32)> {
+        self.datapath
+            .adopted()
+            .map(|a| (a.pin_dir.clone(), a.generation))
+    }
+
+    /// Why an incompatible pinned datapath was replaced (for the log), if one was.
+    pub fn replaced(&self) -> Option<String> {
+        self.datapath.replaced().map(ToString::to_string)
+    }
+
+    /// Removes the pinned links of interfaces that are no longer local pods' (in the calling
+    /// thread's network namespace); returns the pins removed.
+    pub fn prune_links(&mut self) -> Result<Vec<String>, NodeError> {
+        let locals: Vec<u32> = self.locals.iter().map(|l| l.ifindex).collect();
+        Ok(self.datapath.retain_links(|i| locals.contains(&i))?)
+    }
+
+    fn gap(
+        &mut self,
+        stage: &flowgate_flows::gap::Stage,
+        delta: [u64; 3],
+    ) -> flowgate_flows::gap::GapRecord {
+        use flowgate_flows::gap::{GapRecord, LostCounts};
         let lost = LostCounts {
             allow: delta[0],
             deny: delta[1],
@@ -215,14 +245,7 @@ impl Node {
         };
         let seq = self.enricher.next_seq();
         let time = flowgate_flows::enrich::rfc3339(self.enricher_now());
-        Ok(Some(GapRecord::new(
-            time,
-            seq,
-            self.enricher.node(),
-            &Stage::Ringbuf,
-            lost,
-            None,
-        )))
+        GapRecord::new(time, seq, self.enricher.node(), stage, lost, None)
     }
 
     fn enricher_now(&self) -> i128 {

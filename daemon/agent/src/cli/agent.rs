@@ -70,6 +70,22 @@ pub struct Args {
     #[arg(long, env = "FLOWGATE_KUBECONFIG", conflicts_with = "lab")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Kubernetes mode: the bpffs directory where the datapath's maps and links are pinned, so
+    /// that enforcement survives a restart or an upgrade: the next agent adopts them without a
+    /// moment of no policy.
+    #[arg(long, default_value = crate::datapath::DEFAULT_PIN_DIR, env = "FLOWGATE_BPFFS_DIR")]
+    pub bpffs_dir: PathBuf,
+
+    /// Kubernetes mode: pin nothing (enforcement then stops when the agent stops).
+    #[arg(long, env = "FLOWGATE_NO_PIN")]
+    pub no_pin: bool,
+
+    /// Remove everything flowgate pinned under --bpffs-dir (programs detached from every
+    /// interface, maps freed) and exit: the uninstall step, since pinned programs keep
+    /// enforcing the last policy after the agent is gone. Refused while an agent runs.
+    #[arg(long, env = "FLOWGATE_CLEANUP", conflicts_with = "lab")]
+    pub cleanup: bool,
+
     /// Kubernetes mode: gather API changes until the API has been quiet this long, then
     /// recompile once (a burst of pod churn costs one map update).
     #[arg(long, default_value = "100", env = "FLOWGATE_SYNC_MIN_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -329,6 +345,9 @@ impl Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<Exit> {
+    if args.cleanup {
+        return cleanup(args);
+    }
     // Configuration is checked in full before anything is bound or loaded.
     let token = api_token(args)?;
     if !args.lab && args.node_name.as_deref().is_none_or(str::is_empty) {
@@ -354,6 +373,23 @@ pub fn run(args: &Args) -> anyhow::Result<Exit> {
     } else {
         super::agent_cluster::run(args, token)
     }
+}
+
+/// `--cleanup`: unpins everything under --bpffs-dir.
+fn cleanup(args: &Args) -> anyhow::Result<Exit> {
+    if !is_root() {
+        eprintln!("error: flowgate agent --cleanup needs root (CAP_BPF, CAP_NET_ADMIN)");
+        return Ok(Exit::NoPermission);
+    }
+    let removed = crate::datapath::Datapath::unpin_all(&args.bpffs_dir)
+        .with_context(|| format!("cleaning up {}", args.bpffs_dir.display()))?;
+    eprintln!(
+        "flowgate agent: removed {} pinned links (programs detached) and {} pinned maps under {}",
+        removed.links,
+        removed.maps,
+        args.bpffs_dir.display()
+    );
+    Ok(Exit::Ok)
 }
 
 /// What both modes run: the HTTP API on its own runtime, the metrics, the sinks.

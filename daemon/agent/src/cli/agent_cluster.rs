@@ -29,6 +29,8 @@ use crate::node::Node;
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// ... and while a pod waits for the kernel (a bridged pod's MAC being resolved).
 const RECONCILE_PENDING: Duration = Duration::from_millis(100);
+/// After adopting a pinned datapath, how long the first apply waits for pods still pending.
+const ADOPT_GRACE: Duration = Duration::from_secs(5);
 
 /// Watcher errors and rejections go to the metrics.
 struct Events(AgentMetrics);
@@ -77,9 +79,27 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
         let _entered = services.runtime.enter();
         watch::spawn(&client, &source, Arc::new(Events(services.metrics.clone())));
     }
-    let mut node = Node::on_host(Mode::from(args.mode), &node_name, &LoadOptions::default())
+    let options = LoadOptions {
+        pin_dir: (!args.no_pin).then(|| args.bpffs_dir.clone()),
+        ..LoadOptions::default()
+    };
+    let mut node = Node::on_host(Mode::from(args.mode), &node_name, &options)
         .context("loading the datapath")?;
     node.record_labels.clone_from(&args.record_labels);
+    if let Some(why) = node.replaced() {
+        eprintln!("flowgate agent: {why}");
+    }
+    let adopted = node.adopted();
+    if let Some((dir, generation)) = &adopted {
+        eprintln!(
+            "flowgate agent: adopted the pinned datapath at {}: generation {generation} stays in force until this agent's first apply",
+            dir.display()
+        );
+    }
+    // The first record says that events may have been missed while no agent was reading.
+    if let Some(gap) = node.restart_gap() {
+        services.fanout.publish(flowgate_flows::Record::Gap(gap));
+    }
     eprintln!(
         "flowgate agent: node {node_name}, mode {:?}: watching the API; API on http://{}",
         node.mode(),
@@ -141,6 +161,11 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
         if !(need_apply || debounce.due(pending.0, pending.1, Instant::now())) {
             continue;
         }
+        // Taking over from a previous agent removes the entries of pods not attached yet: give
+        // pods still being resolved (bridged, MAC pending) a moment before the first apply.
+        if !ready && adopted.is_some() && waiting_pods && started.elapsed() < ADOPT_GRACE {
+            continue;
+        }
         let (cluster, since) = source.lock().take_cluster();
         match node.apply(&cluster) {
             Ok(stats) => {
@@ -152,6 +177,15 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
                         .observe_policy_sync(since.elapsed());
                 }
                 need_apply = false;
+                // Pins of interfaces that are no longer local pods' (deleted veths).
+                match node.prune_links() {
+                    Ok(removed) if !removed.is_empty() => eprintln!(
+                        "flowgate agent: removed the pinned links of gone interfaces: {}",
+                        removed.join(", ")
+                    ),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("flowgate agent: pruning pinned links failed: {e:#}"),
+                }
                 if !ready {
                     ready = true;
                     services.api.ready.store(true, Ordering::Relaxed);

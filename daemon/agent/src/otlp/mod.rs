@@ -70,7 +70,7 @@
 //! | --- | --- | --- |
 //! | `flowgate.record_type` | string | `gap` |
 //! | `flowgate.schema`, `flowgate.seq` | string, int | `schema`, `seq` |
-//! | `flowgate.gap.stage` | string | `stage`: `ringbuf`, `sink_<name>` |
+//! | `flowgate.gap.stage` | string | `stage`: `ringbuf`, `restart`, `sink_<name>` |
 //! | `flowgate.gap.lost.allow`, `.deny`, `.audit` | int | `lost.allow`, `lost.deny`, `lost.audit` |
 //! | `flowgate.gap.lost.total` | int | their sum |
 //! | `flowgate.gap.lost_seq.first`, `.last` | int | `lost_seq` (when known) |
