@@ -28,7 +28,7 @@ enum Command {
     Explain(cli::explain::Args),
     Lint(cli::lint::Args),
     Lab(cli::lab::Args),
-    Agent(cli::agent::Args),
+    Agent(Box<cli::agent::Args>),
     Observe(cli::observe::Args),
 }
 
