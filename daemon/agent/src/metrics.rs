@@ -67,6 +67,25 @@ impl AgentMetrics {
             );
         }
         self.metrics.set_endpoints(counts);
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        use flowgate_abi::{capacity, maps};
+        self.metrics.set_map_fill(&[
+            (
+                maps::ENDPOINTS,
+                count(snapshot.endpoints.len()),
+                u64::from(capacity::ENDPOINTS),
+            ),
+            (
+                maps::IPCACHE,
+                count(snapshot.ipcache.len()),
+                u64::from(capacity::IPCACHE),
+            ),
+            (
+                maps::POLICY,
+                count(snapshot.cell_count()),
+                u64::from(capacity::POLICY),
+            ),
+        ]);
         self.metrics
             .observe_policy_apply(stats.compile + stats.write);
         let live: Vec<(String, String)> = cluster

@@ -1,7 +1,8 @@
 //! The metric families about the agent's own inputs, registered by `Metrics::with_max_series`
 //! next to the flow families: how long a cluster change takes to reach the datapath, objects
-//! and watches of the cluster source that failed, and local pods the datapath cannot enforce
-//! for. Every label is from a small fixed set (kind, reason).
+//! and watches of the cluster source that failed, local pods the datapath cannot enforce for,
+//! and how full the datapath's maps are. Every label is from a small fixed set (kind, reason,
+//! map).
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -22,6 +23,11 @@ struct KindLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -33,6 +39,8 @@ pub(crate) struct AgentFamilies {
     watch_errors: Family<KindLabels, Counter>,
     unenforced: Family<ReasonLabels, Gauge<u64, AtomicU64>>,
     unenforced_reasons: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    map_entries: Family<MapLabels, Gauge<u64, AtomicU64>>,
+    map_capacity: Family<MapLabels, Gauge<u64, AtomicU64>>,
 }
 
 /// Buckets of `flowgate_policy_sync_seconds`: 1 ms to about 65 s, doubling.
@@ -70,7 +78,23 @@ impl AgentFamilies {
              is not enforced for them, by reason",
             unenforced.clone(),
         );
+        let map_entries = Family::<MapLabels, Gauge<u64, AtomicU64>>::default();
+        r.register(
+            "flowgate_map_entries",
+            "Entries of the policy snapshot in force in each datapath map the agent fills \
+             (FG_ENDPOINTS, FG_IPCACHE, FG_POLICY)",
+            map_entries.clone(),
+        );
+        let map_capacity = Family::<MapLabels, Gauge<u64, AtomicU64>>::default();
+        r.register(
+            "flowgate_map_capacity",
+            "Maximum entries of each datapath map the agent fills: an apply that needs more fails \
+             and the previous snapshot stays in force",
+            map_capacity.clone(),
+        );
         let families = Self {
+            map_entries,
+            map_capacity,
             policy_sync,
             rejected,
             watch_errors,
@@ -84,6 +108,17 @@ impl AgentFamilies {
             families.watch_errors.get_or_create(&labels).inc_by(0);
         }
         families
+    }
+
+    /// `flowgate_map_entries` / `flowgate_map_capacity`: (map, entries, capacity).
+    pub(crate) fn set_map_fill(&self, maps: &[(&str, u64, u64)]) {
+        for (map, entries, capacity) in maps {
+            let labels = MapLabels {
+                map: (*map).to_owned(),
+            };
+            self.map_entries.get_or_create(&labels).set(*entries);
+            self.map_capacity.get_or_create(&labels).set(*capacity);
+        }
     }
 
     pub(crate) fn observe_policy_sync(&self, elapsed: Duration) {

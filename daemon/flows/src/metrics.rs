@@ -39,7 +39,7 @@ pub const EGRESS_TO_WORLD_TAG: &str = "egress_to_world";
 /// histogram without its `_bucket`/`_sum`/`_count` suffixes) and its type. A family with no
 /// series is left out of the exposition, so this list is what dashboards and alert rules are
 /// checked against; a test compares it with the exposition once every family has a series.
-pub const FAMILIES: [(&str, &str); 14] = [
+pub const FAMILIES: [(&str, &str); 16] = [
     ("flowgate_verdicts_total", "counter"),
     ("flowgate_denied_packets_total", "counter"),
     ("flowgate_namespace_flows_total", "counter"),
@@ -54,6 +54,8 @@ pub const FAMILIES: [(&str, &str); 14] = [
     ("flowgate_source_objects_rejected_total", "counter"),
     ("flowgate_source_watch_errors_total", "counter"),
     ("flowgate_pods_unenforced", "gauge"),
+    ("flowgate_map_entries", "gauge"),
+    ("flowgate_map_capacity", "gauge"),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -706,6 +708,11 @@ impl Metrics {
     /// `flowgate_source_watch_errors_total{kind}`.
     pub fn source_watch_error(&self, kind: &str) {
         self.agent.source_watch_error(kind);
+    }
+
+    /// `flowgate_map_entries{map}` and `flowgate_map_capacity{map}`: (map, entries, capacity).
+    pub fn set_map_fill(&self, maps: &[(&str, u64, u64)]) {
+        self.agent.set_map_fill(maps);
     }
 
     /// `flowgate_pods_unenforced{reason}`: local pods not enforced, per reason.

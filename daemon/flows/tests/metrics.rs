@@ -196,6 +196,7 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
     // `FAMILIES`, the list dashboards and alert rules are checked against.
     m.observe_policy_apply(Duration::from_millis(1));
     m.set_pods_unenforced(&[("no_route", 1)]);
+    m.set_map_fill(&[("FG_POLICY", 10, 100)]);
     let exposed: BTreeSet<(String, String)> = encode(&m)
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -658,6 +659,18 @@ fn agent_families_count_sync_latency_rejections_watch_errors_and_unenforced_pods
         r#"flowgate_policy_sync_seconds_bucket{le="0.256"} 1"#,
         r#"flowgate_pods_unenforced{reason="no_route"} 2"#,
         r#"flowgate_pods_unenforced{reason="pending"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    m.set_map_fill(&[
+        ("FG_IPCACHE", 50_004, 262_144),
+        ("FG_POLICY", 6_704, 1_048_576),
+    ]);
+    let text = encode(&m);
+    for line in [
+        r#"flowgate_map_entries{map="FG_IPCACHE"} 50004"#,
+        r#"flowgate_map_capacity{map="FG_IPCACHE"} 262144"#,
+        r#"flowgate_map_entries{map="FG_POLICY"} 6704"#,
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
