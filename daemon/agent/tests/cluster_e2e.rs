@@ -415,6 +415,19 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
         ["x/a", "x/b", "y/c"],
         "the local pods, not y/remote"
     );
+    assert_eq!(
+        metric(
+            &lab,
+            http_addr,
+            r#"flowgate_map_entries{map="FG_ENDPOINTS"}"#
+        ),
+        Some(3.0),
+        "map fill counts the three local endpoints"
+    );
+    assert!(
+        metric(&lab, http_addr, r#"flowgate_map_capacity{map="FG_POLICY"}"#)
+            .is_some_and(|c| c >= 1024.0)
+    );
 
     // A policy added through the API: y is closed to everyone.
     objects.push(deny_y());
