@@ -156,6 +156,16 @@ impl Node {
         self.locals.retain(|l| l.pod != pod);
     }
 
+    /// What is wrong with the datapath in force (see `datapath::health`); empty before the
+    /// first apply and when all is well. In the calling thread's network namespace.
+    pub fn check_datapath(&mut self) -> Result<Vec<crate::datapath::health::Problem>, NodeError> {
+        if self.snapshot.generation == 0 {
+            return Ok(Vec::new());
+        }
+        let ifindexes: Vec<u32> = self.locals.iter().map(|l| l.ifindex).collect();
+        Ok(self.datapath.health(self.snapshot.generation, &ifindexes)?)
+    }
+
     /// The local pods enforced for from the next `apply`.
     pub fn locals(&self) -> &[LocalEndpoint] {
         &self.locals

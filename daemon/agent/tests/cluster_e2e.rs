@@ -671,6 +671,49 @@ fn on_a_bridged_node_the_agent_finds_the_pods_behind_the_bridge_and_enforces() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Detaches the BPF link pinned at `path` (BPF_OBJ_GET, then BPF_LINK_DETACH), as an
+/// administrator's `bpftool link detach` would: the link stays, attached to nothing.
+fn detach_pinned_link(path: &str) {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let cpath = std::ffi::CString::new(path).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = cpath.as_ptr() as u64;
+    // SAFETY: `attr` is a zeroed bpf_attr of 128 bytes with `pathname` set to a valid C string.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_OBJ_GET {path}: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut attr = [0u64; 16];
+    attr[0] = u64::try_from(fd).unwrap();
+    // SAFETY: `attr` is a zeroed bpf_attr with `link_detach.link_fd` set to the link's fd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_LINK_DETACH: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is the descriptor BPF_OBJ_GET returned, closed once.
+    unsafe { libc::close(i32::try_from(fd).unwrap()) };
+}
+
 /// One probe, retried once if it did not get through: a host TCP stall under load is not a
 /// policy drop (a drop is deterministic, the retry fails too).
 fn delivered(lab: &Lab, from: IpAddr, to: IpAddr) -> bool {
@@ -800,6 +843,21 @@ fn a_killed_agent_leaves_enforcement_in_force_and_the_next_one_adopts_it() {
             },
         );
         converge(&lab, &oracle(&objects), "agent 2", &agent2, Instant::now());
+
+        // The datapath taken away from outside (a link detached, as `bpftool link detach`
+        // does): /healthz says so, naming the program and the interface.
+        assert_eq!(get(&lab, http2, "/healthz").map(|(s, _)| s), Some(200));
+        let a_if = lab
+            .endpoints()
+            .find(|e| e.key == "x/a")
+            .map(|e| e.host_ifindex)
+            .unwrap();
+        detach_pinned_link(&format!("{pins}/links/{a_if}-ingress"));
+        wait_for("/healthz to fail", &agent2, Duration::from_secs(10), || {
+            get(&lab, http2, "/healthz").is_some_and(|(status, body)| {
+                status == 503 && body.contains("fg_from_pod is no longer attached on")
+            })
+        });
         drop(agent2);
         counts
     });

@@ -31,6 +31,8 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const RECONCILE_PENDING: Duration = Duration::from_millis(100);
 /// After adopting a pinned datapath, how long the first apply waits for pods still pending.
 const ADOPT_GRACE: Duration = Duration::from_secs(5);
+/// How often the datapath is checked for `/healthz` (maps alive, programs attached).
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 /// Watcher errors and rejections go to the metrics.
 struct Events(AgentMetrics);
@@ -111,6 +113,7 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
         max: Duration::from_millis(args.sync_max_interval_ms),
     };
     let mut pump = Pump::new(args.heartbeat_secs);
+    let mut last_health = Instant::now();
     let mut tracker = InterfaceTracker::new();
     let mut failed: BTreeMap<String, HostInterface> = BTreeMap::new();
     let mut reported: BTreeMap<String, String> = BTreeMap::new();
@@ -123,6 +126,26 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         pump.tick(&mut node, &services)?;
         std::thread::sleep(Duration::from_millis(20));
+        if last_health.elapsed() >= HEALTH_EVERY {
+            last_health = Instant::now();
+            let problem = match node.check_datapath() {
+                Ok(problems) if problems.is_empty() => None,
+                Ok(problems) => Some(
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                Err(e) => Some(format!("the datapath cannot be read: {e:#}")),
+            };
+            if let Some(p) = &problem
+                && services.api.healthy.load(Ordering::Relaxed)
+            {
+                eprintln!("flowgate agent: datapath unhealthy: {p}");
+            }
+            services.api.set_health(problem);
+        }
         let (waiting, pending) = {
             let store = source.lock();
             (store.waiting_for(), store.pending())

@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod events;
+pub mod health;
 pub mod pin;
 mod pinned;
 pub mod takeover;

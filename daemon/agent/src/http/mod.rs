@@ -55,6 +55,8 @@ pub struct ApiState {
     /// What `/readyz` says while not ready.
     pub not_ready: Arc<RwLock<String>>,
     pub healthy: Arc<AtomicBool>,
+    /// What `/healthz` says while not healthy.
+    pub unhealthy: Arc<RwLock<String>>,
     pub stream: broadcast::Sender<Arc<Record>>,
     pub recent: Arc<Mutex<VecDeque<Arc<Record>>>>,
     pub policy: Arc<RwLock<PolicyState>>,
@@ -85,6 +87,7 @@ impl ApiState {
                 "the first policy snapshot is not in the maps yet".into(),
             )),
             healthy: Arc::new(AtomicBool::new(true)),
+            unhealthy: Arc::new(RwLock::new(String::new())),
             stream,
             recent: Arc::new(Mutex::new(VecDeque::new())),
             policy: Arc::new(RwLock::new(PolicyState::default())),
@@ -113,6 +116,15 @@ impl ApiState {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .unenforced = unenforced;
+    }
+
+    /// `/healthz`: healthy, or not with the reason.
+    pub fn set_health(&self, problem: Option<String>) {
+        self.healthy.store(problem.is_none(), Ordering::Relaxed);
+        *self
+            .unhealthy
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = problem.unwrap_or_default();
     }
 
     /// Why `/readyz` is not ready yet.
@@ -194,7 +206,21 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     if state.healthy.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "datapath is not loaded\n").into_response()
+        let why = state
+            .unhealthy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let why = if why.is_empty() {
+            "datapath is not loaded".to_owned()
+        } else {
+            why
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response()
     }
 }
 
