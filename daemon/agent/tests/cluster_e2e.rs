@@ -74,6 +74,27 @@ fn deny_y() -> Value {
            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
 }
 
+/// Namespaces x and y, the local pods x/a, x/b, y/c at `<prefix>.1`..`.3`, and x/a-from-c.
+fn three_pods(prefix: &str) -> Vec<Value> {
+    vec![
+        namespace("x"),
+        namespace("y"),
+        pod("x", "a", NODE, &format!("{prefix}.1"), "a"),
+        pod("x", "b", NODE, &format!("{prefix}.2"), "b"),
+        pod("y", "c", NODE, &format!("{prefix}.3"), "c"),
+        allow_from_c(),
+    ]
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (network namespaces, veths, eBPF, bpffs)");
+            return;
+        }
+    };
+}
+
 /// The cluster the API holds, as the policy engine reads it (the oracle).
 fn oracle(objects: &[Value]) -> Cluster {
     let mut m = Manifests::new();
@@ -308,19 +329,9 @@ fn start_agent(
 
 #[test]
 fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, veths, eBPF)");
-        return;
-    }
-    let mut objects = vec![
-        namespace("x"),
-        namespace("y"),
-        pod("x", "a", NODE, "10.61.0.1", "a"),
-        pod("x", "b", NODE, "10.61.0.2", "b"),
-        pod("y", "c", NODE, "10.61.0.3", "c"),
-        pod("y", "remote", "n2", "10.61.9.9", "c"),
-        allow_from_c(),
-    ];
+    require_root!();
+    let mut objects = three_pods("10.61.0");
+    objects.push(pod("y", "remote", "n2", "10.61.9.9", "c"));
     // The lab holds this node's pods only; the remote pod exists only in the API.
     let local: Vec<Value> = objects
         .iter()
@@ -607,18 +618,8 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
 /// yet without sending the pod a packet), and enforce there.
 #[test]
 fn on_a_bridged_node_the_agent_finds_the_pods_behind_the_bridge_and_enforces() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, veths, eBPF)");
-        return;
-    }
-    let mut objects = vec![
-        namespace("x"),
-        namespace("y"),
-        pod("x", "a", NODE, "10.62.0.11", "a"),
-        pod("x", "b", NODE, "10.62.0.12", "b"),
-        pod("y", "c", NODE, "10.62.0.13", "c"),
-        allow_from_c(),
-    ];
+    require_root!();
+    let mut objects = three_pods("10.62.0");
     let lab = Lab::build_wired(
         &LabSpec::from_cluster(&oracle(&objects)),
         flowgate::lab::LabWiring::Bridged,
@@ -736,18 +737,8 @@ fn delivered(lab: &Lab, from: IpAddr, to: IpAddr) -> bool {
 /// removes everything, and the traffic is open again.
 #[test]
 fn a_killed_agent_leaves_enforcement_in_force_and_the_next_one_adopts_it() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, veths, eBPF, bpffs)");
-        return;
-    }
-    let objects = vec![
-        namespace("x"),
-        namespace("y"),
-        pod("x", "a", NODE, "10.63.0.1", "a"),
-        pod("x", "b", NODE, "10.63.0.2", "b"),
-        pod("y", "c", NODE, "10.63.0.3", "c"),
-        allow_from_c(),
-    ];
+    require_root!();
+    let objects = three_pods("10.63.0");
     let lab = Lab::build(&LabSpec::from_cluster(&oracle(&objects))).expect("the lab builds");
     let api = FakeApi::new();
     for o in &objects {
