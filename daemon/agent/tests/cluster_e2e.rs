@@ -472,6 +472,19 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
         changed,
     );
 
+    // x/a's veth is deleted and recreated, as a CNI does when a sandbox is recreated: a new
+    // ifindex under the same name. The agent must attach to the new interface; until it has,
+    // b -> a would pass (nothing on the new veth), so the probes show when it did.
+    let changed = Instant::now();
+    recreate_veth(&lab, "x/a");
+    converge(
+        &lab,
+        &oracle(&objects),
+        "x/a's veth recreated",
+        &agent,
+        changed,
+    );
+
     // The watch history is compacted and the watches cut: the agent resumes from an expired
     // resourceVersion, gets 410 Gone, relists, and sees the delete it missed meanwhile.
     let pod_lists = api.lists_of("Pod");
@@ -715,7 +728,56 @@ fn detach_pinned_link(path: &str) {
     unsafe { libc::close(i32::try_from(fd).unwrap()) };
 }
 
-/// One probe, retried once if it did not get through: a host TCP stall under load is not a
+/// Deletes and recreates the veth pair of a routed lab pod (same names and addresses, a new
+/// ifindex), wired as the lab wires it.
+fn recreate_veth(lab: &Lab, pod: &str) {
+    let e = lab.endpoints().find(|e| e.key == pod).unwrap();
+    let pod_netns = e.netns.file_name().unwrap().to_str().unwrap().to_owned();
+    let (host_if, ip) = (e.host_ifname.to_owned(), e.ips[0]);
+    let ip_batch = |netns: &str, script: &str| {
+        let mut batch = Command::new("ip")
+            .args(["-n", netns, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        batch
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(batch.wait().unwrap().success(), "ip -n {netns}: {script}");
+    };
+    let node = lab.node_netns_name().to_owned();
+    ip_batch(&node, &format!("link del {host_if}\n"));
+    ip_batch(
+        &node,
+        &format!(
+            "link add {host_if} type veth peer name eth0 netns {pod_netns}\nlink set {host_if} up\n\
+             route add {ip}/32 dev {host_if}\n"
+        ),
+    );
+    lab.in_node(|| {
+        for (key, value) in [("proxy_arp", "1")] {
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{host_if}/{key}"), value).unwrap();
+        }
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/neigh/{host_if}/proxy_delay"),
+            "0",
+        )
+        .unwrap();
+    })
+    .unwrap();
+    ip_batch(
+        &pod_netns,
+        &format!(
+            "link set eth0 up\naddress add {ip}/32 dev eth0\n\
+             route add 169.254.1.1/32 dev eth0 scope link\nroute add 0.0.0.0/0 via 169.254.1.1 dev eth0\n"
+        ),
+    );
+}
+
+/// One probe, retried once if it did not get through/// One probe, retried once if it did not get through: a host TCP stall under load is not a
 /// policy drop (a drop is deterministic, the retry fails too).
 fn delivered(lab: &Lab, from: IpAddr, to: IpAddr) -> bool {
     let probe = [LabProbe::new(
