@@ -166,6 +166,14 @@ impl Node {
         Ok(self.datapath.health(self.snapshot.generation, &ifindexes)?)
     }
 
+    /// The local pod enforced on interface `ifindex`.
+    pub fn pod_on(&self, ifindex: u32) -> Option<String> {
+        self.locals
+            .iter()
+            .find(|l| l.ifindex == ifindex)
+            .map(|l| l.pod.clone())
+    }
+
     /// The local pods enforced for from the next `apply`.
     pub fn locals(&self) -> &[LocalEndpoint] {
         &self.locals

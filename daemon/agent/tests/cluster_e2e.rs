@@ -911,6 +911,20 @@ fn a_killed_agent_leaves_enforcement_in_force_and_the_next_one_adopts_it() {
                 status == 503 && body.contains("fg_from_pod is no longer attached on")
             })
         });
+        // ... and the agent attaches that pod afresh: healthy again.
+        wait_for(
+            "/healthz to recover",
+            &agent2,
+            Duration::from_secs(10),
+            || get(&lab, http2, "/healthz").is_some_and(|(status, _)| status == 200),
+        );
+        converge(
+            &lab,
+            &oracle(&objects),
+            "after re-attaching",
+            &agent2,
+            Instant::now(),
+        );
         drop(agent2);
         counts
     });

@@ -16,6 +16,7 @@ use flowgate_policy::maps::Mode;
 use super::Exit;
 use super::agent::{Args, Pump, Services};
 use crate::datapath::LoadOptions;
+use crate::datapath::health::Problem;
 use crate::discovery::{HostInterface, InterfaceTracker};
 use crate::http::Unenforced;
 use crate::k8s::debounce::Debounce;
@@ -130,13 +131,26 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
             last_health = Instant::now();
             let problem = match node.check_datapath() {
                 Ok(problems) if problems.is_empty() => None,
-                Ok(problems) => Some(
-                    problems
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                ),
+                Ok(problems) => {
+                    // A program detached from outside: attach that pod afresh on the next pass
+                    // (the stale link pin is replaced); /healthz says so until then.
+                    for p in &problems {
+                        if let Problem::Detached { ifindex, .. } = p
+                            && let Some(pod) = node.pod_on(*ifindex)
+                        {
+                            tracker.forget(&pod);
+                            node.forget_local(&pod);
+                            last_reconcile = None;
+                        }
+                    }
+                    Some(
+                        problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                }
                 Err(e) => Some(format!("the datapath cannot be read: {e:#}")),
             };
             if let Some(p) = &problem
