@@ -758,9 +758,7 @@ fn recreate_veth(lab: &Lab, pod: &str) {
         ),
     );
     lab.in_node(|| {
-        for (key, value) in [("proxy_arp", "1")] {
-            std::fs::write(format!("/proc/sys/net/ipv4/conf/{host_if}/{key}"), value).unwrap();
-        }
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{host_if}/proxy_arp"), "1").unwrap();
         std::fs::write(
             format!("/proc/sys/net/ipv4/neigh/{host_if}/proxy_delay"),
             "0",
