@@ -43,6 +43,8 @@ pub struct Node {
     enricher: Enricher,
     mode: Mode,
     locals: Vec<LocalEndpoint>,
+    /// Each local pod's addresses (for the datapath's `FG_LOCAL_IPS`).
+    local_ips: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
     pub attached: Option<Attached>,
     pub reader: ReaderStats,
     /// Label keys kept in records (empty: all).
@@ -94,6 +96,11 @@ impl Node {
             .filter(|e| e.kind == EndpointKind::Pod)
             .map(|e| (e.key.to_owned(), e.host_ifname.to_owned(), e.host_ifindex))
             .collect();
+        let local_ips = lab
+            .endpoints()
+            .filter(|e| e.kind == EndpointKind::Pod)
+            .map(|e| (e.key.to_owned(), e.ips.to_vec()))
+            .collect();
         let attached = lab.in_node(|| -> Result<Option<Attached>, DatapathError> {
             let mut how = None;
             for (_, ifname, _) in &pods {
@@ -112,6 +119,7 @@ impl Node {
             enricher: Enricher::new(node_name, realtime_offset_ns()),
             mode,
             locals,
+            local_ips,
             attached,
             reader: ReaderStats::default(),
             record_labels: Vec::new(),
@@ -131,6 +139,7 @@ impl Node {
             enricher: Enricher::new(node_name, realtime_offset_ns()),
             mode,
             locals: Vec::new(),
+            local_ips: std::collections::BTreeMap::new(),
             attached: None,
             reader: ReaderStats::default(),
             record_labels: Vec::new(),
@@ -140,8 +149,15 @@ impl Node {
     /// Attaches the datapath to a local pod's host interface (in the calling thread's network
     /// namespace). The pod is enforced from the next `apply` on; until then its traffic passes
     /// as an unmanaged interface's does.
-    pub fn attach_local(&mut self, pod: &str, ifname: &str, ifindex: u32) -> Result<(), NodeError> {
+    pub fn attach_local(
+        &mut self,
+        pod: &str,
+        ips: &[std::net::IpAddr],
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<(), NodeError> {
         self.attached = Some(self.datapath.attach_pod_interface(ifname, TcMode::Auto)?);
+        self.local_ips.insert(pod.to_owned(), ips.to_vec());
         self.locals.retain(|l| l.pod != pod && l.ifindex != ifindex);
         self.locals.push(LocalEndpoint {
             pod: pod.to_owned(),
@@ -154,6 +170,7 @@ impl Node {
     /// programs pass its interface's traffic; a deleted pod's interface goes with it).
     pub fn forget_local(&mut self, pod: &str) {
         self.locals.retain(|l| l.pod != pod);
+        self.local_ips.remove(pod);
     }
 
     /// What is wrong with the datapath in force (see `datapath::health`); empty before the
@@ -182,6 +199,19 @@ impl Node {
     /// Compiles `cluster` for the local pods and switches the datapath to it.
     pub fn apply(&mut self, cluster: &Cluster) -> Result<ApplyStats, NodeError> {
         let started = Instant::now();
+        // Which local pod each local address belongs to (independent of the policy generation).
+        let owners: Vec<(std::net::IpAddr, u32)> = self
+            .locals
+            .iter()
+            .flat_map(|l| {
+                self.local_ips
+                    .get(&l.pod)
+                    .into_iter()
+                    .flatten()
+                    .map(|ip| (*ip, l.ifindex))
+            })
+            .collect();
+        self.datapath.set_local_ips(&owners)?;
         let mut next = compile(cluster, &self.locals, Some(&self.snapshot));
         // `diff`, or the takeover of an adopted pinned datapath (which sets the generation).
         let ops = self.datapath.plan(&self.snapshot, &mut next, self.mode)?;

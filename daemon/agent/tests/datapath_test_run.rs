@@ -621,3 +621,45 @@ fn ring_buffer_loss_is_counted_exactly() {
         "nothing lost in the other classes"
     );
 }
+
+#[test]
+fn a_flooded_copy_for_another_local_pod_passes_unjudged() {
+    require_root!();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    // web (ifindex 1 here) and another local pod at 10.1.0.9 on interface 7.
+    h.dp.set_local_ips(&[
+        ("10.1.0.1".parse().unwrap(), 1),
+        ("10.1.0.9".parse().unwrap(), 7),
+    ])
+    .unwrap();
+    // A bridge floods a frame for 10.1.0.9 to web's port too: not web's flow, no verdict.
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("192.0.2.9", 40100, "10.1.0.9", 80, SYN).bytes(),
+    );
+    assert_eq!(
+        (rc, evs.len()),
+        (TC_ACT_OK, 0),
+        "a copy for another local pod is passed without an event"
+    );
+    // web's own traffic is judged as ever.
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("192.0.2.9", 40101, "10.1.0.1", 80, SYN).bytes(),
+    );
+    assert_eq!((rc, one(&evs).verdict), (TC_ACT_SHOT, verdict::DENY));
+    // An address that is no local pod's is judged as well (a pod's extra addresses, a VIP).
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("192.0.2.9", 40102, "10.1.0.50", 80, SYN).bytes(),
+    );
+    assert_eq!((rc, one(&evs).verdict), (TC_ACT_SHOT, verdict::DENY));
+    // The map follows the set given: 10.1.0.9 gone, its copies are judged again.
+    h.dp.set_local_ips(&[("10.1.0.1".parse().unwrap(), 1)])
+        .unwrap();
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("192.0.2.9", 40103, "10.1.0.9", 80, SYN).bytes(),
+    );
+    assert_eq!((rc, one(&evs).verdict), (TC_ACT_SHOT, verdict::DENY));
+}

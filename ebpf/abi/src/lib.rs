@@ -19,7 +19,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes, or the meaning of a map's entries; carried in every
 /// event. A pinned datapath of another version is replaced, never adopted (`PinMeta`).
-pub const ABI_VERSION: u8 = 2;
+pub const ABI_VERSION: u8 = 3;
 
 /// Map names, as in the eBPF object.
 pub mod maps {
@@ -32,6 +32,7 @@ pub mod maps {
     pub const DENY_DEDUP: &str = "FG_DENY_DEDUP";
     pub const EVENTS: &str = "FG_EVENTS";
     pub const LOST: &str = "FG_LOST";
+    pub const LOCAL_IPS: &str = "FG_LOCAL_IPS";
 }
 
 /// Program names (at most 15 characters: the kernel truncates longer names).
@@ -50,6 +51,8 @@ pub mod capacity {
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGMENTS: u32 = 8192;
     pub const DENY_DEDUP: u32 = 65_536;
+    /// Local pods' addresses (two per endpoint: dual stack).
+    pub const LOCAL_IPS: u32 = 2 * ENDPOINTS;
     /// Default ring-buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 }

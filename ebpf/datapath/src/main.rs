@@ -60,6 +60,14 @@ static FG_DENY_DEDUP: LruHashMap<CtKey, DedupValue> =
 #[map]
 static FG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
+/// Each local pod's address (IPv4 mapped into IPv6) -> the ifindex of its host interface. On
+/// a bridge, a frame whose destination MAC the bridge has not learned yet is flooded to every
+/// port: `fg_to_pod` passes the copies meant for another local pod without judging them (the
+/// receiving pod's stack drops a frame for another MAC), instead of reporting a verdict for a
+/// flow that never was that pod's.
+#[map]
+static FG_LOCAL_IPS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(capacity::LOCAL_IPS, 0);
+
 /// Ring-buffer reserve failures per verdict class, per CPU: only the kernel can see them.
 #[map]
 static FG_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
@@ -198,6 +206,14 @@ fn decide(ctx: &TcContext, dir: u8) -> i32 {
     }
     turn_around(&mut key);
 
+    // A new flow. Into a pod: a flooded copy of a frame for another local pod is not ours.
+    // SAFETY: the value is copied out at once.
+    if dir == DIR_INGRESS
+        && let Some(owner) = unsafe { FG_LOCAL_IPS.get(&pkt.dst) }
+        && *owner != ifindex
+    {
+        return TC_ACT_OK;
+    }
     // A new flow.
     let mut d = policy(
         &ep,

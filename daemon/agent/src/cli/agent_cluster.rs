@@ -290,7 +290,11 @@ fn reconcile(
         .filter(|(pod, iface)| tracker.get(pod) == Some(iface))
         .collect();
     for (pod, iface) in changes.attach.iter().chain(&retry) {
-        match node.attach_local(pod, &iface.ifname, iface.ifindex) {
+        let ips = desired
+            .iter()
+            .find(|(p, _)| p == pod)
+            .map_or(&[][..], |(_, ips)| ips.as_slice());
+        match node.attach_local(pod, ips, &iface.ifname, iface.ifindex) {
             Ok(()) => changed = true,
             Err(e) => {
                 unenforced.push(Unenforced {

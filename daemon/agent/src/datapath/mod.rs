@@ -140,6 +140,8 @@ pub struct Datapath {
     ipcache: LpmTrie<MapData, [u8; 16], IpCacheValue>,
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
     lost: PerCpuArray<MapData, u64>,
+    /// Local pods' addresses -> their interface (see the eBPF `FG_LOCAL_IPS`).
+    local_ips: HashMap<MapData, [u8; 16], u32>,
     /// `lost` as of the last gap report (`take_lost`).
     reported_lost: [u64; LOST_SLOTS as usize],
     pinned: Option<pinned::Pinned>,
@@ -200,6 +202,7 @@ impl Datapath {
             ipcache: take(&mut ebpf, maps::IPCACHE)?,
             policy: take(&mut ebpf, maps::POLICY)?,
             lost: take(&mut ebpf, maps::LOST)?,
+            local_ips: take(&mut ebpf, maps::LOCAL_IPS)?,
             ebpf,
             reported_lost: [0; LOST_SLOTS as usize],
             pinned: None,
@@ -330,6 +333,32 @@ impl Datapath {
         Ok(())
     }
 
+    /// Makes `FG_LOCAL_IPS` hold exactly `owners`: each local pod's address with the ifindex of
+    /// its host interface (entries left by a previous agent included).
+    pub fn set_local_ips(
+        &mut self,
+        owners: &[(std::net::IpAddr, u32)],
+    ) -> Result<(), DatapathError> {
+        let want: std::collections::BTreeMap<[u8; 16], u32> = owners
+            .iter()
+            .map(|(ip, ifindex)| (ip_key(*ip), *ifindex))
+            .collect();
+        let have: Vec<([u8; 16], u32)> = self.local_ips.iter().filter_map(Result::ok).collect();
+        for (key, ifindex) in &have {
+            if want.get(key) != Some(ifindex) {
+                ignore_missing(self.local_ips.remove(key), maps::LOCAL_IPS)?;
+            }
+        }
+        for (key, ifindex) in &want {
+            if !have.contains(&(*key, *ifindex)) {
+                self.local_ips
+                    .insert(key, ifindex, 0)
+                    .map_err(map_err(maps::LOCAL_IPS))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Ring-buffer reserve failures so far per verdict class (allow, deny, audit), summed over CPUs.
     /// Pinned, the count runs since the pinned maps were created.
     pub fn lost_events(&self) -> Result<[u64; LOST_SLOTS as usize], DatapathError> {
@@ -420,5 +449,13 @@ fn ignore_missing(
     match result {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         other => other.map_err(map_err(name)),
+    }
+}
+
+/// An address as the datapath keys it: IPv6, or IPv4 mapped as `::ffff:a.b.c.d`.
+fn ip_key(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
     }
 }

@@ -94,7 +94,7 @@ const fn layout(
 
 /// Every map of the object: what a pinned map must match to be adopted. A pinned load checks
 /// the maps it created against this table, so it cannot drift from the object unnoticed.
-pub const LAYOUT: [MapLayout; 9] = [
+pub const LAYOUT: [MapLayout; 10] = [
     layout(maps::ACTIVE, MapType::Array, 4, size::<Active>(), Some(1)),
     layout(
         maps::ENDPOINTS,
@@ -140,6 +140,13 @@ pub const LAYOUT: [MapLayout; 9] = [
     ),
     layout(maps::EVENTS, MapType::RingBuf, 0, 0, None),
     layout(maps::LOST, MapType::PerCpuArray, 4, 8, Some(LOST_SLOTS)),
+    layout(
+        maps::LOCAL_IPS,
+        MapType::Hash,
+        16,
+        4,
+        Some(capacity::LOCAL_IPS),
+    ),
 ];
 
 /// FNV-1a over the layout table: equal for agents whose maps can be shared.
