@@ -65,8 +65,8 @@ pub struct Args {
     #[arg(long, short = 'q', env = "FLOWGATE_QUIET")]
     pub quiet: bool,
 
-    /// Kubernetes mode: the kubeconfig to use. Default: the in-cluster service account (a
-    /// DaemonSet pod), else $KUBECONFIG or ~/.kube/config.
+    /// Kubernetes mode: the kubeconfig to use. Default: $KUBECONFIG or ~/.kube/config if there
+    /// is one, else the in-cluster service account (what a DaemonSet pod has).
     #[arg(long, env = "FLOWGATE_KUBECONFIG", conflicts_with = "lab")]
     pub kubeconfig: Option<PathBuf>,
 
