@@ -24,3 +24,4 @@ include!("cli/explain.rs");
 include!("cli/probe_errors.rs");
 include!("cli/inputs.rs");
 include!("cli/expectations.rs");
+include!("cli/agent_config.rs");
