@@ -16,12 +16,15 @@
     reason = "test code: a panic is the failure report"
 )]
 
+#[path = "common/echo.rs"]
+mod echo;
+
 #[path = "../../policy/tests/common/scenarios.rs"]
 #[allow(dead_code, reason = "shared with the policy crate's tests")]
 mod scenarios;
 
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use flowgate::cli::lab::records_for;
@@ -261,32 +264,14 @@ fn cluster(policies: &str) -> Cluster {
 /// An echo server on server:7100 (our own, so a connection can stay open), and a connected
 /// client socket in the client's namespace.
 fn open_connection(lab: &Lab) -> TcpStream {
-    let listener = lab
-        .in_endpoint("app/server", || TcpListener::bind("10.70.0.2:7100"))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = stream;
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let addr: SocketAddr = "10.70.0.2:7100".parse().unwrap();
-    let stream = lab
-        .in_endpoint("app/client", || TcpStream::connect_timeout(&addr, TIMEOUT))
-        .unwrap()
-        .expect("allowed connection");
-    stream
-        .set_read_timeout(Some(Duration::from_millis(600)))
-        .unwrap();
-    stream
+    echo::open_echo_connection(
+        lab,
+        "app/server",
+        "10.70.0.2:7100".parse().unwrap(),
+        "app/client",
+        TIMEOUT,
+        Duration::from_millis(600),
+    )
 }
 
 fn echo(stream: &mut TcpStream, byte: u8) -> bool {

@@ -27,6 +27,9 @@ mod agent1;
 #[path = "restart/support.rs"]
 mod support;
 
+#[path = "common/echo.rs"]
+mod echo;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! programs, pinned link ids, tc filters, events).
 
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -315,32 +315,14 @@ pub fn ip(text: &str) -> IpAddr {
 
 /// An echo server on y:7100 and a connection to it from z that stays open.
 pub fn open_connection(lab: &Lab) -> TcpStream {
-    let listener = lab
-        .in_endpoint("app/y", || TcpListener::bind(format!("{Y}:7100")))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = stream;
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let addr: SocketAddr = format!("{Y}:7100").parse().unwrap();
-    let stream = lab
-        .in_endpoint("app/z", || TcpStream::connect_timeout(&addr, TIMEOUT))
-        .unwrap()
-        .expect("z connects to y:7100");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    stream
+    super::echo::open_echo_connection(
+        lab,
+        "app/y",
+        format!("{Y}:7100").parse().unwrap(),
+        "app/z",
+        TIMEOUT,
+        Duration::from_secs(2),
+    )
 }
 
 pub fn echo(stream: &mut TcpStream, byte: u8) -> bool {
