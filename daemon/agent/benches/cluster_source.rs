@@ -11,27 +11,20 @@
 //!   store built and measured alone.
 //! - recompile input: `take_cluster` (the policy index of the whole state).
 
-use std::time::{Duration, Instant};
+#[path = "common/rss.rs"]
+mod rss;
+
+use std::time::Instant;
 
 use flowgate::k8s::store::ClusterStore;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
+use rss::rss_kib;
 
 const PODS: usize = 50_000;
 const ROUNDS: usize = 5;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn trim() {
     // SAFETY: malloc_trim has no preconditions; it only returns free memory to the kernel.
@@ -175,5 +168,4 @@ fn main() {
         "| policy index of the whole state (take_cluster, median) | {:.0} ms | | |",
         median(take)
     );
-    let _ = Duration::ZERO;
 }

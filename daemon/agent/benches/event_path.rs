@@ -5,6 +5,9 @@
 //! sink), and whether delivered + lost = sent. Then the agent's RSS with a 100,000-record
 //! in-memory ring (`/v1/flows?last=N`).
 
+#[path = "common/rss.rs"]
+mod rss;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +23,7 @@ use flowgate_flows::record::Mode as RecordMode;
 use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile};
 use flowgate_policy::maps::{Mode, diff};
 use flowgate_policy::{Cluster, Manifests};
+use rss::rss_kib;
 
 const DENY_ALL: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: a, labels: {app: web}}\nstatus: {podIP: 10.1.0.1}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: a}\nspec: {podSelector: {}}\n";
 
@@ -33,17 +37,6 @@ fn frame(n: u32) -> Vec<u8> {
     p.extend_from_slice(&[a, 7, 0, 80]);
     p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
     p
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 struct Outcome {
