@@ -10,15 +10,27 @@
 //! Tables: per (endpoint, direction) that is isolated, the allowed (identity, protocol, port
 //! range) cells, each pointing at the list of (policy, rule) that allow it. Endpoints with the
 //! same policies share a table. Port ranges become LPM prefixes, never one entry per port.
+//!
+//! Incremental: when `previous` was compiled from an earlier revision of the same index (see
+//! `Cluster::changes_since`) and the region CIDRs are the same, only the IP-cache keys of the
+//! pods a change touched (and of the pods of relabelled namespaces) are worked out again, and a
+//! table whose policies and owner are unchanged keeps its cells, gaining those of new
+//! identities and losing those of identities gone. The result is what a full compile from the
+//! same `previous` gives (ids included): the property tests in `tests/incremental.rs` hold it.
+
+mod identities;
+mod tables;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::sync::Arc;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
-use crate::cluster::{Cluster, PodId};
+use crate::cluster::{Changes, Cluster, PodId};
 use crate::evaluate::{PolicyRef, RuleRef};
-use crate::model::{Direction, Labels, NamespaceScope, Peer, Pod, Policy, PortMatch, Protocol};
+use crate::model::{Direction, Labels, Policy, Protocol};
+
+pub use tables::{peer_matches_identity, prefixes};
 
 /// A pod on this node and the host-side interface its traffic crosses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,21 +40,25 @@ pub struct LocalEndpoint {
     pub ifindex: u32,
 }
 
+/// What a pod identity stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub namespace_labels: Labels,
+    pub labels: Labels,
+    /// (name, protocol, port) of every containerPort, for egress named ports.
+    pub ports: Vec<(Option<String>, Protocol, u16)>,
+    /// The region the pod's IP falls in, for ipBlock peers.
+    pub region: IpNet,
+}
+
 /// What an identity stands for. Peer matches depend on nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IdentityContent {
     /// Addresses whose longest matching CIDR (of all ipBlocks in force, plus the two roots) is this.
     Region(IpNet),
-    /// A pod IP.
-    Pod {
-        namespace: String,
-        namespace_labels: Labels,
-        labels: Labels,
-        /// (name, protocol, port) of every containerPort, for egress named ports.
-        ports: Vec<(Option<String>, Protocol, u16)>,
-        /// The region the pod's IP falls in, for ipBlock peers.
-        region: IpNet,
-    },
+    /// A pod IP (shared: snapshots copy identities on every compile).
+    Pod(Arc<PodIdentity>),
 }
 
 /// One allowed cell of a table: an identity, and a protocol and port range (as an LPM prefix).
@@ -83,8 +99,16 @@ impl EndpointState {
     }
 }
 
+/// The IP-cache keys an incremental compile changed, and the snapshot it started from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Delta {
+    generation: u32,
+    source: Option<(u64, u64)>,
+    keys: BTreeSet<IpNet>,
+}
+
 /// Everything the datapath needs for one policy generation, plus the allocators that keep ids
-/// stable into the next one.
+/// stable into the next one, and what an incremental compile reuses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub generation: u32,
@@ -101,6 +125,15 @@ pub struct Snapshot {
     next_attribution: u32,
     next_table: u32,
     next_endpoint: u32,
+    /// The index (epoch, revision) this was compiled from.
+    source: Option<(u64, u64)>,
+    /// The region CIDRs in force.
+    cidrs: BTreeSet<IpNet>,
+    /// IP-cache keys per identity.
+    identity_refs: HashMap<u32, u32>,
+    /// The table of each signature.
+    signatures: HashMap<TableSignature, u32>,
+    delta: Option<Delta>,
 }
 
 impl Snapshot {
@@ -118,36 +151,31 @@ impl Snapshot {
     pub fn fresh_table(&self, taken: u32) -> u32 {
         self.next_table.max(1) + taken
     }
-}
 
-fn world_v4() -> IpNet {
-    IpNet::V4(Ipv4Net::default())
-}
-
-fn world_v6() -> IpNet {
-    IpNet::V6(Ipv6Net::default())
-}
-
-fn host_net(ip: IpAddr) -> IpNet {
-    IpNet::from(ip)
-}
-
-/// The longest prefix of `cidrs` containing `ip`.
-fn region_of(cidrs: &BTreeSet<IpNet>, ip: IpAddr) -> IpNet {
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    for len in (0..=max).rev() {
-        if let Ok(net) = IpNet::new(ip, len) {
-            let net = net.trunc();
-            if cidrs.contains(&net) {
-                return net;
-            }
-        }
+    /// The IP-cache keys whose identity may differ between `old` and this snapshot, when this
+    /// snapshot was compiled incrementally from `old` (`None`: any key may differ).
+    pub fn changed_keys_since(&self, old: &Snapshot) -> Option<&BTreeSet<IpNet>> {
+        self.delta
+            .as_ref()
+            .filter(|d| d.generation == old.generation && d.source == old.source)
+            .map(|d| &d.keys)
     }
-    if ip.is_ipv4() { world_v4() } else { world_v6() }
+
+    /// Whether the two snapshots put the same things in the maps and explain them the same way
+    /// (what a full and an incremental compile must agree on; the memo may differ).
+    pub fn same_maps(&self, other: &Snapshot) -> bool {
+        self.generation == other.generation
+            && self.endpoints == other.endpoints
+            && self.ipcache == other.ipcache
+            && self.identities == other.identities
+            && self.tables == other.tables
+            && self.attributions == other.attributions
+    }
 }
 
 /// Compiles the cluster for the given local endpoints. `previous` (the snapshot now in the
-/// datapath) keeps identity, attribution, endpoint and table ids stable where content is equal.
+/// datapath) keeps identity, attribution, endpoint and table ids stable where content is equal,
+/// and lets the compile redo only what changed since it (see the module comment).
 pub fn compile(
     cluster: &Cluster,
     locals: &[LocalEndpoint],
@@ -170,6 +198,7 @@ pub fn compile(
     snap.next_attribution = snap.next_attribution.max(1);
     snap.next_table = snap.next_table.max(1);
     snap.next_endpoint = snap.next_endpoint.max(1);
+    snap.source = Some((cluster.epoch(), cluster.revision()));
 
     let local_pods: Vec<(u32, PodId)> = locals
         .iter()
@@ -180,51 +209,50 @@ pub fn compile(
         })
         .collect();
 
-    // CIDRs of the ipBlocks of every policy that selects a local endpoint.
-    let mut relevant: BTreeSet<usize> = BTreeSet::new();
-    for &(_, pod) in &local_pods {
-        for (pid, _) in cluster.policies_selecting(pod) {
-            relevant.insert(pid.0 as usize);
-        }
-    }
-    let mut cidrs: BTreeSet<IpNet> = [world_v4(), world_v6()].into();
-    for (pid, policy) in cluster.policies() {
-        if !relevant.contains(&(pid.0 as usize)) {
-            continue;
-        }
-        for rule in policy.ingress.iter().chain(&policy.egress) {
-            for peer in rule.peers.iter().flatten() {
-                if let Peer::IpBlock(b) = peer {
-                    cidrs.insert(b.cidr);
-                    cidrs.extend(b.except.iter().copied());
+    let cidrs = identities::region_cidrs(cluster, &local_pods);
+    let changes: Option<Changes> = previous
+        .and_then(|p| p.source)
+        .and_then(|(epoch, revision)| cluster.changes_since(epoch, revision));
+    let incremental = match (previous, changes) {
+        (Some(prev), Some(changes)) if prev.cidrs == cidrs => Some((prev, changes)),
+        _ => None,
+    };
+    match &incremental {
+        Some((prev, changes)) => {
+            let mut ips = changes.ips.clone();
+            for ns in &changes.namespaces {
+                for (_, pod) in cluster.pods_in(ns) {
+                    if !pod.host_network {
+                        ips.extend(pod.ips.iter().copied());
+                    }
                 }
             }
+            let keys = snap.update_ipcache(prev, cluster, &cidrs, &ips);
+            snap.delta = Some(Delta {
+                generation: prev.generation,
+                source: prev.source,
+                keys,
+            });
         }
+        None => snap.build_ipcache(cluster, &cidrs),
     }
-
-    // Identities and the IP cache.
-    let mut ipcache: BTreeMap<IpNet, IdentityContent> = BTreeMap::new();
-    for cidr in &cidrs {
-        ipcache.insert(*cidr, IdentityContent::Region(*cidr));
-    }
-    for (_, pod) in cluster.pods() {
-        if pod.host_network {
-            continue;
-        }
-        for ip in &pod.ips {
-            ipcache.insert(
-                host_net(*ip),
-                pod_content(cluster, pod, region_of(&cidrs, *ip)),
-            );
-        }
-    }
-    let mut used: BTreeMap<u32, IdentityContent> = BTreeMap::new();
-    for (net, content) in ipcache {
-        let id = snap.intern_identity(&content);
-        used.insert(id, content);
-        snap.ipcache.insert(net, id);
-    }
-    snap.identities = used;
+    snap.cidrs = cidrs;
+    // Identities the change added and removed (what a reused table gains and loses).
+    let (added, removed): (Vec<u32>, BTreeSet<u32>) = match &incremental {
+        Some((prev, _)) => (
+            snap.identities
+                .keys()
+                .filter(|id| !prev.identities.contains_key(id))
+                .copied()
+                .collect(),
+            prev.identities
+                .keys()
+                .filter(|id| !snap.identities.contains_key(id))
+                .copied()
+                .collect(),
+        ),
+        None => (Vec::new(), BTreeSet::new()),
+    };
 
     // Tables, shared by endpoints with the same signature.
     let mut by_signature: HashMap<TableSignature, Entries> = HashMap::new();
@@ -248,7 +276,7 @@ pub fn compile(
                 continue;
             }
             let own_ports = if direction == Direction::Ingress {
-                port_list(cluster.pod(pod))
+                identities::port_list(cluster.pod(pod))
             } else {
                 Vec::new()
             };
@@ -258,7 +286,31 @@ pub fn compile(
                 own_ports,
             };
             if !by_signature.contains_key(&signature) {
-                let entries = snap.table_entries(cluster, &isolating, direction, cluster.pod(pod));
+                let reusable = incremental.as_ref().and_then(|(prev, changes)| {
+                    let unchanged = signature.policies.iter().all(|p| {
+                        !changes
+                            .policies
+                            .contains(&(p.namespace.clone(), p.name.clone()))
+                    });
+                    let id = prev.signatures.get(&signature).filter(|_| unchanged)?;
+                    prev.tables.get(id)
+                });
+                let mut entries = Entries::new();
+                let ids: Vec<u32> = match reusable {
+                    Some(old) => {
+                        entries = old.clone();
+                        entries.retain(|cell, _| !removed.contains(&cell.identity));
+                        added.clone()
+                    }
+                    None => snap.identities.keys().copied().collect(),
+                };
+                snap.table_entries_for(
+                    &mut entries,
+                    &ids,
+                    &isolating,
+                    direction,
+                    &signature.own_ports,
+                );
                 by_signature.insert(signature.clone(), entries);
             }
             sides.push((ifindex, pod, direction, signature, isolated_by));
@@ -268,9 +320,13 @@ pub fn compile(
     // Table ids: reuse the previous id of the same endpoint side where it agrees on every
     // identity both snapshots know and on every identity move (see `maps::diff`); otherwise a
     // new id (copy-on-write).
-    let moves = previous
-        .map(|p| crate::maps::identity_moves(&p.ipcache, &snap.ipcache))
-        .unwrap_or_default();
+    let moves = match previous {
+        Some(p) => match snap.changed_keys_since(p) {
+            Some(keys) => crate::maps::identity_moves_at(&p.ipcache, &snap.ipcache, keys),
+            None => crate::maps::identity_moves(&p.ipcache, &snap.ipcache),
+        },
+        None => BTreeSet::new(),
+    };
     let mut ids_by_signature: HashMap<TableSignature, u32> = HashMap::new();
     let mut claimed: HashMap<u32, TableSignature> = HashMap::new();
     for (ifindex, _, direction, signature, _) in &sides {
@@ -301,12 +357,15 @@ pub fn compile(
         claimed.insert(id, signature.clone());
         ids_by_signature.insert(signature.clone(), id);
     }
-    for (signature, id) in &ids_by_signature {
-        snap.tables.insert(*id, by_signature[signature].clone());
+    for (signature, entries) in by_signature {
+        if let Some(id) = ids_by_signature.get(&signature) {
+            snap.tables.insert(*id, entries);
+        }
     }
+    snap.signatures = ids_by_signature;
 
     for (ifindex, pod, direction, signature, isolated_by) in sides {
-        let table = ids_by_signature.get(&signature).copied().unwrap_or(0);
+        let table = snap.signatures.get(&signature).copied().unwrap_or(0);
         let key = cluster.pod(pod).key();
         let endpoint_id = match snap.endpoint_ids.get(&key) {
             Some(id) => *id,
@@ -367,11 +426,13 @@ fn agree(old: &Entries, new: &Entries, old_snap: &Snapshot, new_snap: &Snapshot)
     old_common.eq(new_common)
 }
 
+/// What a table's cells depend on besides the identities: its direction, the policies that
+/// isolate its endpoints (in order), and the endpoint's own containerPorts (ingress named
+/// ports resolve on it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TableSignature {
     direction: Option<Direction>,
     policies: Vec<PolicyRef>,
-    /// The endpoint's own containerPorts (ingress named ports resolve on it).
     own_ports: Vec<(Option<String>, Protocol, u16)>,
 }
 
@@ -383,236 +444,4 @@ impl TableSignature {
             own_ports: Vec::new(),
         }
     }
-}
-
-fn port_list(pod: &Pod) -> Vec<(Option<String>, Protocol, u16)> {
-    pod.ports
-        .iter()
-        .map(|p| (p.name.clone(), p.protocol, p.port))
-        .collect()
-}
-
-fn pod_content(cluster: &Cluster, pod: &Pod, region: IpNet) -> IdentityContent {
-    IdentityContent::Pod {
-        namespace: pod.namespace.clone(),
-        namespace_labels: cluster.namespace_labels(&pod.namespace).clone(),
-        labels: pod.labels.clone(),
-        ports: port_list(pod),
-        region,
-    }
-}
-
-/// Whether a peer matches every address of an identity.
-pub fn peer_matches_identity(peer: &Peer, content: &IdentityContent) -> bool {
-    match (peer, content) {
-        (
-            Peer::IpBlock(block),
-            IdentityContent::Region(region) | IdentityContent::Pod { region, .. },
-        ) => block.cidr.contains(region) && !block.except.iter().any(|e| e.contains(region)),
-        (Peer::Pods { .. }, IdentityContent::Region(_)) => false,
-        (
-            Peer::Pods { namespaces, pods },
-            IdentityContent::Pod {
-                namespace,
-                namespace_labels,
-                labels,
-                ..
-            },
-        ) => {
-            let in_scope = match namespaces {
-                NamespaceScope::Own(ns) => ns == namespace,
-                NamespaceScope::Selected(sel) => sel.matches(namespace_labels),
-            };
-            in_scope && pods.matches(labels)
-        }
-    }
-}
-
-/// A rule's port entry, resolved: (protocol, first, last), `None` if a named port does not
-/// resolve on the destination.
-fn resolve_port(
-    spec: &crate::model::PortSpec,
-    dst_ports: &[(Option<String>, Protocol, u16)],
-) -> Option<(Protocol, u16, u16)> {
-    match &spec.port {
-        PortMatch::Any => Some((spec.protocol, 0, u16::MAX)),
-        PortMatch::Range(a, b) => Some((spec.protocol, *a, *b)),
-        PortMatch::Named(name) => dst_ports
-            .iter()
-            .find(|(n, proto, _)| n.as_deref() == Some(name.as_str()) && *proto == spec.protocol)
-            .map(|(_, proto, port)| (*proto, *port, *port)),
-    }
-}
-
-const PORT_PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
-
-impl Snapshot {
-    fn intern_identity(&mut self, content: &IdentityContent) -> u32 {
-        if let Some(id) = self.identity_ids.get(content) {
-            return *id;
-        }
-        let id = self.next_identity;
-        self.next_identity += 1;
-        self.identity_ids.insert(content.clone(), id);
-        id
-    }
-
-    fn intern_attribution(&mut self, refs: &[RuleRef]) -> u32 {
-        if let Some(id) = self.attribution_ids.get(refs) {
-            return *id;
-        }
-        let id = self.next_attribution;
-        self.next_attribution += 1;
-        self.attribution_ids.insert(refs.to_vec(), id);
-        id
-    }
-
-    /// The cells of a table: for each identity, the protocol/port partition and who allows it.
-    fn table_entries(
-        &mut self,
-        _cluster: &Cluster,
-        isolating: &[&Policy],
-        direction: Direction,
-        owner: &Pod,
-    ) -> Entries {
-        let mut entries = Entries::new();
-        let owner_ports = port_list(owner);
-        let identities: Vec<(u32, IdentityContent)> = self
-            .identities
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        for (identity, content) in identities {
-            // Rules matching this identity, with the first matching peer index.
-            let mut matched: Vec<(RuleRef, &crate::model::Rule)> = Vec::new();
-            for policy in isolating {
-                for (index, rule) in policy.rules(direction).iter().enumerate() {
-                    let peer = match &rule.peers {
-                        None => Some(None),
-                        Some(peers) => peers
-                            .iter()
-                            .position(|p| peer_matches_identity(p, &content))
-                            .map(Some),
-                    };
-                    if let Some(peer) = peer {
-                        let r = RuleRef {
-                            namespace: policy.namespace.clone(),
-                            name: policy.name.clone(),
-                            rule: index,
-                            peer,
-                            port: None,
-                        };
-                        matched.push((r, rule));
-                    }
-                }
-            }
-            if matched.is_empty() {
-                continue;
-            }
-            let dst_ports: &[(Option<String>, Protocol, u16)] = match (direction, &content) {
-                (Direction::Ingress, _) => &owner_ports,
-                (Direction::Egress, IdentityContent::Pod { ports, .. }) => ports,
-                (Direction::Egress, IdentityContent::Region(_)) => &[],
-            };
-            // Rules without ports allow every protocol and port.
-            let any: Vec<RuleRef> = matched
-                .iter()
-                .filter(|(_, r)| r.ports.is_empty())
-                .map(|(rr, _)| rr.clone())
-                .collect();
-            if !any.is_empty() {
-                let id = self.intern_attribution(&any);
-                entries.insert(
-                    Cell {
-                        identity,
-                        proto: None,
-                        port: 0,
-                        port_bits: 0,
-                    },
-                    id,
-                );
-            }
-            for proto in PORT_PROTOCOLS {
-                // Resolved ranges per matched rule, in port-entry order.
-                let ranges: Vec<Vec<(usize, u16, u16)>> = matched
-                    .iter()
-                    .map(|(_, rule)| {
-                        rule.ports
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(k, spec)| {
-                                resolve_port(spec, dst_ports)
-                                    .filter(|(p, _, _)| *p == proto)
-                                    .map(|(_, a, b)| (k, a, b))
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let mut bounds: BTreeSet<u32> = BTreeSet::new();
-                for (_, a, b) in ranges.iter().flatten() {
-                    bounds.insert(u32::from(*a));
-                    bounds.insert(u32::from(*b) + 1);
-                }
-                let bounds: Vec<u32> = bounds.into_iter().collect();
-                for pair in bounds.windows(2) {
-                    let (lo, hi) = (pair[0], pair[1] - 1);
-                    let mut refs: Vec<RuleRef> = Vec::new();
-                    for ((rr, rule), rule_ranges) in matched.iter().zip(&ranges) {
-                        if rule.ports.is_empty() {
-                            refs.push(rr.clone());
-                        } else if let Some((k, _, _)) = rule_ranges
-                            .iter()
-                            .find(|(_, a, b)| u32::from(*a) <= lo && hi <= u32::from(*b))
-                        {
-                            refs.push(RuleRef {
-                                port: Some(*k),
-                                ..rr.clone()
-                            });
-                        }
-                    }
-                    if refs.len() == any.len() {
-                        // Same as the any-protocol cell (or nothing): the LPM falls back to it.
-                        continue;
-                    }
-                    let id = self.intern_attribution(&refs);
-                    for (port, bits) in prefixes(lo, hi) {
-                        entries.insert(
-                            Cell {
-                                identity,
-                                proto: Some(proto),
-                                port,
-                                port_bits: bits,
-                            },
-                            id,
-                        );
-                    }
-                }
-            }
-        }
-        entries
-    }
-}
-
-/// Splits the inclusive port range [lo, hi] into aligned prefixes (first port, fixed bits).
-pub fn prefixes(lo: u32, hi: u32) -> Vec<(u16, u8)> {
-    let mut out = Vec::new();
-    let mut start = lo;
-    while start <= hi {
-        // Largest block aligned at `start` that fits in [start, hi].
-        let mut size: u32 = if start == 0 {
-            1 << 16
-        } else {
-            1 << start.trailing_zeros().min(16)
-        };
-        while start + size - 1 > hi {
-            size >>= 1;
-        }
-        let bits = 16 - size.trailing_zeros();
-        out.push((
-            u16::try_from(start).unwrap_or(u16::MAX),
-            u8::try_from(bits).unwrap_or(16),
-        ));
-        start += size;
-    }
-    out
 }

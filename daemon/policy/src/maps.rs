@@ -162,6 +162,27 @@ pub fn identity_moves(
     pairs
 }
 
+/// `identity_moves` restricted to the keys that may have changed (those of an incremental
+/// compile: host keys only, so no other key's resolution moves with them).
+pub fn identity_moves_at(
+    old: &BTreeMap<IpNet, u32>,
+    new: &BTreeMap<IpNet, u32>,
+    keys: &BTreeSet<IpNet>,
+) -> BTreeSet<(u32, u32)> {
+    let mut pairs = BTreeSet::new();
+    if old.is_empty() {
+        return pairs;
+    }
+    for key in keys {
+        if let (Some(o), Some(n)) = (resolve(old, key), resolve(new, key))
+            && o != n
+        {
+            pairs.insert((o, n));
+        }
+    }
+    pairs
+}
+
 /// Whether a table can stay in place through such moves: for each pair, the old table decides
 /// the old identity exactly as the new table decides the new one.
 pub fn moves_agree(old: &Entries, new: &Entries, moves: &BTreeSet<(u32, u32)>) -> bool {
@@ -179,16 +200,24 @@ pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
     let mut late: Vec<MapOp> = Vec::new();
 
     // Keys whose identity changes get a transient identity for the switch.
-    let keys: BTreeSet<IpNet> = old
-        .ipcache
-        .keys()
-        .chain(new.ipcache.keys())
-        .copied()
-        .collect();
+    // Only the keys an incremental compile changed can move; otherwise every key is looked at.
+    let every_key: BTreeSet<IpNet>;
+    let keys = match new.changed_keys_since(old) {
+        Some(keys) => keys,
+        None => {
+            every_key = old
+                .ipcache
+                .keys()
+                .chain(new.ipcache.keys())
+                .copied()
+                .collect();
+            &every_key
+        }
+    };
     let mut moved: Vec<(IpNet, u32, u32, u32)> = Vec::new(); // key, old id, new id, transient
     let mut inserts: Vec<(IpNet, u32)> = Vec::new();
     let mut removals: Vec<IpNet> = Vec::new();
-    for key in &keys {
+    for key in keys {
         let old_id = resolve(&old.ipcache, key);
         let new_id = resolve(&new.ipcache, key);
         match (old_id, new_id, first) {
@@ -242,8 +271,9 @@ pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
                     PolicyValue { attribution: *attr },
                 ));
             }
-            for (cell, _) in old_copy(entries).iter() {
-                late.push(MapOp::PolicyDelete(policy_key(*id, cell)));
+            // The transients' cells as written above (in place, old and new copies agree).
+            for (cell, _) in new_copy(entries) {
+                late.push(MapOp::PolicyDelete(policy_key(*id, &cell)));
             }
             for (cell, _) in old.tables[id]
                 .iter()

@@ -11,94 +11,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use common::r#gen::*;
-use flowgate_policy::Cluster;
+use common::oracle::{decisions, external, ifindex, locals, resolve, state_of};
 use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile, prefixes};
-use flowgate_policy::evaluate::{Reason, SideDecision, Verdict, evaluate};
-use flowgate_policy::maps::{Lookup, MapState, Mode, diff};
-use flowgate_policy::model::{Direction, Pod, Protocol};
+use flowgate_policy::evaluate::evaluate;
+use flowgate_policy::maps::{MapState, Mode, diff};
+use flowgate_policy::model::{Direction, Protocol};
 use proptest::prelude::*;
-
-/// Every pod is local; its ifindex is derived from its name so it is stable across snapshots.
-fn locals(cluster: &Cluster) -> Vec<LocalEndpoint> {
-    cluster
-        .pods()
-        .map(|(_, p)| LocalEndpoint {
-            pod: p.key(),
-            ifindex: ifindex(p),
-        })
-        .collect()
-}
-
-fn ifindex(p: &Pod) -> u32 {
-    let ns: u32 = p.namespace.trim_start_matches('n').parse().unwrap();
-    let i: u32 = p.name.trim_start_matches("pod").parse().unwrap();
-    10 + ns * 100 + i
-}
-
-fn state_of(snap: &Snapshot) -> MapState {
-    let mut state = MapState::default();
-    for op in diff(&Snapshot::default(), snap, Mode::Enforce) {
-        state.apply(&op);
-    }
-    state
-}
-
-/// A kernel lookup turned into the decision `evaluate` would report for that side.
-fn resolve(
-    lookup: Lookup,
-    snaps: &[&Snapshot],
-    ifindex: u32,
-    direction: Direction,
-) -> SideDecision {
-    let snap_of = |generation: u32| {
-        *snaps
-            .iter()
-            .find(|s| s.generation == generation)
-            .expect("generation of a known snapshot")
-    };
-    match lookup {
-        Lookup::Unmanaged => panic!("ifindex {ifindex} has no endpoint entry"),
-        Lookup::NotIsolated { .. } => SideDecision {
-            verdict: Verdict::Allow,
-            reason: Reason::NotIsolated,
-            allowed_by: vec![],
-            isolated_by: vec![],
-        },
-        Lookup::Allow {
-            generation,
-            attribution,
-        } => SideDecision {
-            verdict: Verdict::Allow,
-            reason: Reason::RuleAllow,
-            allowed_by: snap_of(generation).attributions[&attribution].clone(),
-            isolated_by: vec![],
-        },
-        Lookup::Deny { generation } => SideDecision {
-            verdict: Verdict::Deny,
-            reason: Reason::DefaultDeny,
-            allowed_by: vec![],
-            isolated_by: snap_of(generation).endpoints[&ifindex]
-                .side(direction)
-                .isolated_by
-                .clone(),
-        },
-    }
-}
-
-/// Per (endpoint, probe, remote, side): the decision, and the paired remote ingress if any.
-type Decisions = BTreeMap<(u32, usize, IpAddr, usize), (SideDecision, Option<SideDecision>)>;
-
-fn external(i: usize) -> IpAddr {
-    [
-        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)),
-        IpAddr::V4(Ipv4Addr::new(10, 0, 1, 200)),
-        IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)),
-    ][i % 3]
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
@@ -163,24 +84,7 @@ proptest! {
         let probes: Vec<(Protocol, Option<u16>)> = vec![(Protocol::Tcp, Some(80)), (Protocol::Udp, Some(53)), (Protocol::Tcp, Some(443)), (Protocol::Icmp, None)];
 
         let snaps = [&old, &new];
-        let decide = |st: &MapState| -> Decisions {
-            let mut out = BTreeMap::new();
-            for (pi, (proto, port)) in probes.iter().enumerate() {
-                for &(i, ip) in &stable {
-                    for &r in &remotes {
-                        let egress = resolve(st.lookup(i, Direction::Egress, r, *proto, *port), &snaps, i, Direction::Egress);
-                        // If the remote is a stable endpoint too, pair the egress with its ingress.
-                        let ingress = stable.iter().find(|(_, rip)| *rip == r).map(|&(j, _)| {
-                            resolve(st.lookup(j, Direction::Ingress, ip, *proto, *port), &snaps, j, Direction::Ingress)
-                        });
-                        out.insert((i, pi, r, 0), (egress, ingress));
-                        let alone = resolve(st.lookup(i, Direction::Ingress, r, *proto, *port), &snaps, i, Direction::Ingress);
-                        out.insert((i, pi, r, 1), (alone, None));
-                    }
-                }
-            }
-            out
-        };
+        let decide = |st: &MapState| decisions(st, &snaps, &stable, &remotes, &probes);
         let before = decide(&state);
         let after = decide(&final_state);
         prop_assert_eq!(final_state.missing_deletes, 0, "the plan deletes only keys it wrote");

@@ -72,7 +72,10 @@ fn view(c: &Cluster) -> View {
         pods_in: NAMESPACES
             .iter()
             .map(|ns| {
-                ((*ns).to_owned(), listed(&mut c.pods_in(ns).map(|(_, p)| key_of(p))))
+                (
+                    (*ns).to_owned(),
+                    listed(&mut c.pods_in(ns).map(|(_, p)| key_of(p))),
+                )
             })
             .collect(),
         counts: c.counts(),

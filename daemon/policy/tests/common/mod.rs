@@ -6,6 +6,7 @@
 )]
 
 pub mod r#gen;
+pub mod oracle;
 pub mod scenarios;
 
 use flowgate_policy::evaluate::{Decision, Flow, evaluate};
