@@ -18,6 +18,7 @@
 //! identities and losing those of identities gone. The result is what a full compile from the
 //! same `previous` gives (ids included): the property tests in `tests/incremental.rs` hold it.
 
+mod buffers;
 mod identities;
 mod tables;
 
@@ -134,6 +135,9 @@ pub struct Snapshot {
     /// The table of each signature.
     signatures: HashMap<TableSignature, u32>,
     delta: Option<Delta>,
+    /// Tables in the maps that nothing reads (see `buffers`), and each active table's standby.
+    standby: BTreeMap<u32, Entries>,
+    partners: BTreeMap<u32, u32>,
 }
 
 impl Snapshot {
@@ -170,6 +174,7 @@ impl Snapshot {
             && self.identities == other.identities
             && self.tables == other.tables
             && self.attributions == other.attributions
+            && self.standby == other.standby
     }
 }
 
@@ -317,52 +322,11 @@ pub fn compile(
         }
     }
 
-    // Table ids: reuse the previous id of the same endpoint side where it agrees on every
-    // identity both snapshots know and on every identity move (see `maps::diff`); otherwise a
-    // new id (copy-on-write).
-    let moves = match previous {
-        Some(p) => match snap.changed_keys_since(p) {
-            Some(keys) => crate::maps::identity_moves_at(&p.ipcache, &snap.ipcache, keys),
-            None => crate::maps::identity_moves(&p.ipcache, &snap.ipcache),
-        },
-        None => BTreeSet::new(),
-    };
-    let mut ids_by_signature: HashMap<TableSignature, u32> = HashMap::new();
-    let mut claimed: HashMap<u32, TableSignature> = HashMap::new();
-    for (ifindex, _, direction, signature, _) in &sides {
-        if signature.direction.is_none() || ids_by_signature.contains_key(signature) {
-            continue;
-        }
-        let entries = &by_signature[signature];
-        let candidate = previous
-            .and_then(|p| {
-                p.endpoints
-                    .get(ifindex)
-                    .map(|e| (p, e.side(*direction).table))
-            })
-            .filter(|(p, t)| {
-                *t != 0
-                    && !claimed.contains_key(t)
-                    && p.tables.get(t).is_some_and(|old| {
-                        agree(old, entries, p, &snap)
-                            && crate::maps::moves_agree(old, entries, &moves)
-                    })
-            })
-            .map(|(_, t)| t);
-        let id = candidate.unwrap_or_else(|| {
-            let id = snap.next_table;
-            snap.next_table += 1;
-            id
-        });
-        claimed.insert(id, signature.clone());
-        ids_by_signature.insert(signature.clone(), id);
-    }
-    for (signature, entries) in by_signature {
-        if let Some(id) = ids_by_signature.get(&signature) {
-            snap.tables.insert(*id, entries);
-        }
-    }
-    snap.signatures = ids_by_signature;
+    let placing: Vec<(u32, Direction, &TableSignature)> = sides
+        .iter()
+        .map(|(ifindex, _, direction, signature, _)| (*ifindex, *direction, signature))
+        .collect();
+    buffers::place_tables(&mut snap, previous, &placing, by_signature);
 
     for (ifindex, pod, direction, signature, isolated_by) in sides {
         let table = snap.signatures.get(&signature).copied().unwrap_or(0);

@@ -142,6 +142,30 @@ fn relabel(cells: &[(Cell, u32)], identity: u32) -> Vec<(Cell, u32)> {
         .collect()
 }
 
+/// The ops that turn table `table` from `current` into `wanted` (`None`: no cells).
+fn write_delta(
+    ops: &mut Vec<MapOp>,
+    table: u32,
+    current: Option<&Entries>,
+    wanted: Option<&Entries>,
+) {
+    let empty = Entries::new();
+    let (current, wanted) = (current.unwrap_or(&empty), wanted.unwrap_or(&empty));
+    for (cell, attr) in wanted {
+        if current.get(cell) != Some(attr) {
+            ops.push(MapOp::PolicyUpdate(
+                policy_key(table, cell),
+                PolicyValue { attribution: *attr },
+            ));
+        }
+    }
+    for cell in current.keys() {
+        if !wanted.contains_key(cell) {
+            ops.push(MapOp::PolicyDelete(policy_key(table, cell)));
+        }
+    }
+}
+
 /// (old identity, new identity) of every IP-cache key whose resolution changes between two
 /// caches: the pairs `diff` switches through transient identities.
 pub fn identity_moves(
@@ -282,30 +306,26 @@ pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
                 late.push(MapOp::PolicyDelete(policy_key(*id, cell)));
             }
         } else {
-            let target = if old.tables.contains_key(id) {
+            // Copy-on-write: a table id nothing reads yet, written from what it holds now (its
+            // standby content, see `compile::buffers`; nothing for a fresh id).
+            let (target, current) = if old.tables.contains_key(id) {
                 let fresh = old.fresh_table(0).max(new.fresh_table(0)) + fresh_count;
                 fresh_count += 1;
                 rename.insert(*id, fresh);
-                fresh
+                (fresh, None)
             } else {
-                *id
+                (*id, old.standby().get(id))
             };
-            for (cell, attr) in entries
-                .iter()
-                .map(|(c, a)| (*c, *a))
-                .chain(new_copy(entries))
-            {
-                early.push(MapOp::PolicyUpdate(
-                    policy_key(target, &cell),
-                    PolicyValue { attribution: attr },
-                ));
-            }
+            let mut wanted = entries.clone();
+            wanted.extend(new_copy(entries));
+            write_delta(&mut early, target, current, Some(&wanted));
             for (cell, _) in new_copy(entries) {
                 late.push(MapOp::PolicyDelete(policy_key(target, &cell)));
             }
         }
     }
-    // Old tables that retire at the flip: transients decide as before until then.
+    // Old tables that retire at the flip: transients decide as before until then. Afterwards
+    // (nothing reads them) they become what the new snapshot keeps as standby, or go.
     for (id, entries) in &old.tables {
         if in_place.contains(id) {
             continue;
@@ -316,12 +336,19 @@ pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
                 PolicyValue { attribution: attr },
             ));
         }
-        for (cell, _) in entries
-            .iter()
-            .map(|(c, a)| (*c, *a))
-            .chain(old_copy(entries))
-        {
+        for (cell, _) in old_copy(entries) {
             late.push(MapOp::PolicyDelete(policy_key(*id, &cell)));
+        }
+        write_delta(&mut late, *id, Some(entries), new.standby().get(id));
+    }
+    for (id, entries) in old.standby() {
+        if !new.tables.contains_key(id) {
+            write_delta(&mut late, *id, Some(entries), new.standby().get(id));
+        }
+    }
+    for (id, entries) in new.standby() {
+        if !old.tables.contains_key(id) && !old.standby().contains_key(id) {
+            write_delta(&mut late, *id, None, Some(entries));
         }
     }
 

@@ -254,10 +254,11 @@ proptest! {
             let resident: BTreeSet<PolicyKey> = next
                 .tables
                 .iter()
+                .chain(next.standby())
                 .flat_map(|(t, entries)| entries.keys().map(|c| policy_key(*t, c)))
                 .collect();
             let left: BTreeSet<PolicyKey> = final_state.policy.keys().copied().collect();
-            prop_assert_eq!(left, resident, "after {:?}: the policy map holds the new tables' cells and nothing else", change);
+            prop_assert_eq!(left, resident, "after {:?}: the policy map holds the new tables' and standby tables' cells, nothing else", change);
             let before = decisions(&state, &snaps, &endpoints, &remotes, &PROBES);
             let after = decisions(&final_state, &snaps, &endpoints, &remotes, &PROBES);
             for (step, op) in plan.iter().enumerate() {
@@ -366,5 +367,131 @@ fn one_change_recompiles_only_what_it_touches() {
     assert!(
         fourth.changed_keys_since(&second).is_none(),
         "the changed keys are relative to the previous snapshot only"
+    );
+}
+
+/// One port added to the policy of a server that allows many identities, and one remote pod
+/// relabelled: the plan writes the cells that change (into the server's standby table), not
+/// the whole table, and the maps then decide as the new snapshot does.
+#[test]
+fn one_change_writes_what_it_changes_not_the_table() {
+    let remote = |i: u8| Pod {
+        namespace: "n1".into(),
+        name: format!("pod{}", 101 + 2 * u32::from(i)),
+        labels: labels(&[("app", "web"), ("shard", &i.to_string())]),
+        ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 2, 10 + i))],
+        ports: vec![],
+        host_network: false,
+        node_name: None,
+        owner: None,
+    };
+    let server = Pod {
+        namespace: "n0".into(),
+        name: "pod0".into(),
+        labels: labels(&[("app", "db")]),
+        ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1))],
+        ports: vec![],
+        host_network: false,
+        node_name: None,
+        owner: None,
+    };
+    let allow = |ports: &[u16]| Policy {
+        namespace: "n0".into(),
+        name: "p0".into(),
+        pod_selector: flowgate_policy::model::Selector::default(),
+        isolates_ingress: true,
+        isolates_egress: false,
+        ingress: vec![flowgate_policy::model::Rule {
+            peers: Some(vec![flowgate_policy::model::Peer::Pods {
+                namespaces: flowgate_policy::model::NamespaceScope::Selected(
+                    flowgate_policy::model::Selector::default(),
+                ),
+                pods: flowgate_policy::model::Selector {
+                    match_labels: vec![("app".into(), "web".into())],
+                    match_expressions: vec![],
+                },
+            }]),
+            ports: ports
+                .iter()
+                .map(|p| flowgate_policy::model::PortSpec {
+                    protocol: Protocol::Tcp,
+                    port: flowgate_policy::model::PortMatch::Range(*p, *p),
+                })
+                .collect(),
+        }],
+        egress: vec![],
+    };
+    let mut pods: Vec<Pod> = (0..40).map(remote).collect();
+    pods.push(server.clone());
+    let (mut cluster, _) = Cluster::build(namespaces(), pods, vec![allow(&[80])]);
+    let locals = local_endpoints(&cluster);
+    let mut state = MapState::default();
+    let mut current = Snapshot::default();
+    let mut step = |cluster: &Cluster, state: &mut MapState| -> usize {
+        let next = compile(cluster, &locals, Some(&current));
+        let plan = diff(&current, &next, Mode::Enforce);
+        for op in &plan {
+            state.apply(op);
+        }
+        assert_eq!(state.missing_deletes, 0);
+        let table = next.endpoints[&ifindex(&server)].ingress.table;
+        for i in 0..40 {
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 10 + i));
+            for port in [80, 81] {
+                let got = state.lookup(
+                    ifindex(&server),
+                    Direction::Ingress,
+                    ip,
+                    Protocol::Tcp,
+                    Some(port),
+                );
+                let cell = next.tables[&table].iter().any(|(c, _)| {
+                    Some(c.identity) == next.ipcache.get(&ip.into()).copied() && c.port == port
+                });
+                assert_eq!(
+                    matches!(got, flowgate_policy::maps::Lookup::Allow { .. }),
+                    cell,
+                    "{ip}:{port} decided as the new table says"
+                );
+            }
+        }
+        current = next;
+        plan.iter()
+            .filter(|op| {
+                matches!(
+                    op,
+                    flowgate_policy::maps::MapOp::PolicyUpdate(..)
+                        | flowgate_policy::maps::MapOp::PolicyDelete(..)
+                )
+            })
+            .count()
+    };
+    let first = step(&cluster, &mut state);
+    assert!(
+        first >= 80,
+        "the first apply writes the table and its standby copy: {first}"
+    );
+    // The standby of a table holds the generation before last: each plan writes the cells the
+    // last two changes made, not the table (40 identities here).
+    cluster.upsert_pod(Pod {
+        labels: labels(&[("app", "batch")]),
+        ..remote(7)
+    });
+    let relabelled = step(&cluster, &mut state);
+    assert!(
+        relabelled <= 4,
+        "one identity's cells: {relabelled} policy writes"
+    );
+    cluster.upsert_pod(Pod {
+        labels: labels(&[("app", "batch")]),
+        ..remote(9)
+    });
+    let again = step(&cluster, &mut state);
+    assert!(again <= 8, "two relabels' cells: {again} policy writes");
+    cluster.upsert_policy(allow(&[80, 81]));
+    let port_added = step(&cluster, &mut state);
+    assert!(
+        port_added <= 38 + 8,
+        "a port for 38 identities, and the relabel before: {port_added}"
     );
 }
