@@ -82,12 +82,12 @@ impl AgentMetrics {
             ),
             (
                 maps::POLICY,
-                count(snapshot.cell_count()),
+                count(snapshot.resident_cells()),
                 u64::from(capacity::POLICY),
             ),
         ]);
         self.metrics
-            .observe_policy_apply(stats.compile + stats.write);
+            .observe_policy_apply(stats.compile + stats.enrich + stats.write);
         let live: Vec<(String, String)> = cluster
             .policies()
             .map(|(_, p)| (p.namespace.clone(), p.name.clone()))

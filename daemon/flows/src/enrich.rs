@@ -7,160 +7,20 @@
 //! attribution lists are built once per generation and shared with the records (`Arc`).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use flowgate_abi::{DIR_EGRESS, FlowEvent, event_flags, reason, verdict};
-use flowgate_policy::Cluster;
-use flowgate_policy::compile::Snapshot;
 
 use crate::record::{
     Counters, Direction, Endpoint, EndpointKind, FlowRecord, Mode, Network, PolicyInfo, PolicyRef,
-    Reason, RecordType, Reporter, RuleRef, SCHEMA, Scope, SharedLabels, Verdict, Workload,
+    Reason, RecordType, Reporter, RuleRef, SCHEMA, Scope, SharedLabels, Verdict,
 };
 
-/// A local pod the datapath reports for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalInfo {
-    pub namespace: Arc<str>,
-    pub pod: Arc<str>,
-    pub labels: SharedLabels,
-    pub node: Option<Arc<str>>,
-    pub workload: Option<Workload>,
-    pub isolated_by_ingress: Arc<[PolicyRef]>,
-    pub isolated_by_egress: Arc<[PolicyRef]>,
-}
+mod tables;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodInfo {
-    pub namespace: Arc<str>,
-    pub pod: Arc<str>,
-    pub labels: SharedLabels,
-    pub node: Option<Arc<str>>,
-    pub workload: Option<Workload>,
-}
-
-/// What one policy generation needs to explain its events. The values are shared with the
-/// records enriched from them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tables {
-    pub generation: u32,
-    pub mode: Mode,
-    /// By endpoint id.
-    pub endpoints: HashMap<u32, LocalInfo>,
-    pub attributions: HashMap<u32, Arc<[RuleRef]>>,
-    /// Shared between generations when the pods did not change (policy edits).
-    pub pods_by_ip: Arc<HashMap<IpAddr, PodInfo>>,
-}
-
-impl Tables {
-    /// Keeps only the listed label keys in records (an empty list keeps every label).
-    pub fn select_labels(mut self, keep: &[String]) -> Self {
-        if keep.is_empty() {
-            return self;
-        }
-        let filter = |labels: &SharedLabels| -> SharedLabels {
-            Arc::new(
-                labels
-                    .iter()
-                    .filter(|(k, _)| keep.contains(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            )
-        };
-        for info in self.endpoints.values_mut() {
-            info.labels = filter(&info.labels);
-        }
-        for info in Arc::make_mut(&mut self.pods_by_ip).values_mut() {
-            info.labels = filter(&info.labels);
-        }
-        self
-    }
-
-    /// The tables of a compiled snapshot of a cluster.
-    pub fn from_snapshot(cluster: &Cluster, snap: &Snapshot, mode: Mode) -> Self {
-        let policy_refs = |refs: &[flowgate_policy::PolicyRef]| -> Arc<[PolicyRef]> {
-            refs.iter()
-                .map(|p| PolicyRef {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                })
-                .collect()
-        };
-        // One shared value per pod (all of its IPs and its endpoint use it).
-        let mut pods: HashMap<(&str, &str), PodInfo> = HashMap::new();
-        let mut pods_by_ip = HashMap::new();
-        for (_, pod) in cluster.pods() {
-            let info = PodInfo {
-                namespace: Arc::from(pod.namespace.as_str()),
-                pod: Arc::from(pod.name.as_str()),
-                labels: Arc::new(pod.labels.clone()),
-                node: pod.node_name.as_deref().map(Arc::from),
-                workload: pod.workload().map(|(kind, name)| Workload {
-                    kind: Arc::from(kind),
-                    name: Arc::from(name),
-                }),
-            };
-            if !pod.host_network {
-                for ip in &pod.ips {
-                    pods_by_ip.insert(*ip, info.clone());
-                }
-            }
-            pods.insert((pod.namespace.as_str(), pod.name.as_str()), info);
-        }
-        let mut endpoints = HashMap::new();
-        for state in snap.endpoints.values() {
-            let (namespace, pod) = state.pod.split_once('/').unwrap_or(("", &state.pod));
-            let info = match pods.get(&(namespace, pod)) {
-                Some(info) => info.clone(),
-                None => PodInfo {
-                    namespace: Arc::from(namespace),
-                    pod: Arc::from(pod),
-                    labels: SharedLabels::default(),
-                    node: None,
-                    workload: None,
-                },
-            };
-            endpoints.insert(
-                state.endpoint_id,
-                LocalInfo {
-                    namespace: info.namespace,
-                    pod: info.pod,
-                    labels: info.labels,
-                    node: info.node,
-                    workload: info.workload,
-                    isolated_by_ingress: policy_refs(&state.ingress.isolated_by),
-                    isolated_by_egress: policy_refs(&state.egress.isolated_by),
-                },
-            );
-        }
-        let attributions = snap
-            .attributions
-            .iter()
-            .map(|(id, refs)| {
-                let refs = refs
-                    .iter()
-                    .map(|r| RuleRef {
-                        namespace: r.namespace.clone(),
-                        name: r.name.clone(),
-                        rule: r.rule,
-                        peer: r.peer,
-                        port: r.port,
-                    })
-                    .collect();
-                (*id, refs)
-            })
-            .collect();
-        Self {
-            generation: snap.generation,
-            mode,
-            endpoints,
-            attributions,
-            pods_by_ip: Arc::new(pods_by_ip),
-        }
-    }
-}
+pub use tables::{LocalInfo, PodInfo, Tables};
 
 /// How many generations are kept to resolve late events.
 pub const HISTORY: usize = 16;
@@ -198,7 +58,9 @@ impl Enricher {
     /// each pod's entry otherwise, so memory stays flat over many policy updates.
     pub fn push(&mut self, mut tables: Tables) {
         if let Some(last) = self.history.back() {
-            if *last.pods_by_ip == *tables.pods_by_ip {
+            if Arc::ptr_eq(&last.pods_by_ip, &tables.pods_by_ip) {
+                // Derived from the last tables (`Tables::after`): shared already.
+            } else if *last.pods_by_ip == *tables.pods_by_ip {
                 tables.pods_by_ip = Arc::clone(&last.pods_by_ip);
             } else {
                 let previous = Arc::clone(&last.pods_by_ip);
@@ -223,6 +85,11 @@ impl Enricher {
         while self.history.len() > HISTORY {
             self.history.pop_front();
         }
+    }
+
+    /// The tables of the newest generation pushed.
+    pub fn latest(&self) -> Option<&Tables> {
+        self.history.back()
     }
 
     pub fn node(&self) -> &str {
@@ -253,7 +120,7 @@ impl Enricher {
                 local.map(|l| (&l.namespace, &l.pod, &l.labels, &l.node, &l.workload))
             } else {
                 tables
-                    .and_then(|t| t.pods_by_ip.get(&ip))
+                    .and_then(|t| t.pod(ip))
                     .map(|p| (&p.namespace, &p.pod, &p.labels, &p.node, &p.workload))
             };
             let port = has_ports.then_some(p);
@@ -626,6 +493,8 @@ impl Clock {
 
 #[cfg(test)]
 mod tests {
+    use flowgate_policy::Cluster;
+
     use super::*;
 
     #[test]

@@ -338,6 +338,8 @@ fn tables(generation: u32, mode: Mode) -> Tables {
                 },
             ),
         ])),
+        pods_changed: Arc::default(),
+        source: None,
     }
 }
 

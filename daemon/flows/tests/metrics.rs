@@ -123,6 +123,8 @@ fn enriched_events_count_by_namespace_and_egress_to_world_without_ips_ports_or_p
                 workload: None,
             },
         )])),
+        pods_changed: Arc::default(),
+        source: None,
     };
     let mut enricher = Enricher::new("node-a", 0);
     enricher.push(tables);

@@ -234,6 +234,13 @@ impl Cluster {
             .map_or(&self.empty_labels, |n| &n.labels)
     }
 
+    /// The namespaces given as objects (not those implied by a pod or policy), by name.
+    pub fn given_namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces
+            .values()
+            .filter(|n| self.explicit.contains(&n.name))
+    }
+
     /// Every pod, in (namespace, name) order.
     pub fn pods(&self) -> impl Iterator<Item = (PodId, &Pod)> {
         self.pod_by_name

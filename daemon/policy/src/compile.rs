@@ -146,6 +146,12 @@ impl Snapshot {
         self.tables.values().map(BTreeMap::len).sum()
     }
 
+    /// Cells in the datapath's policy map with this snapshot in force: its tables' and their
+    /// standby copies'.
+    pub fn resident_cells(&self) -> usize {
+        self.cell_count() + self.standby.values().map(BTreeMap::len).sum::<usize>()
+    }
+
     /// An id no snapshot so far has used for an identity (for transient identities in `diff`).
     pub fn fresh_identity(&self, taken: u32) -> u32 {
         self.next_identity.max(1) + taken

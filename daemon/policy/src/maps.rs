@@ -4,12 +4,26 @@
 //!
 //! Consistency: while the ops of a plan are applied one by one, every flow is decided either
 //! exactly as by the old snapshot or exactly as by the new one, on both of its sides together:
-//! 1. write cells no address resolves to yet (tables not in use, new and transient identities);
+//! 1. write cells no address resolves to yet (new and transient identities), and the tables the
+//!    new snapshot switches to: fresh ids, or standby tables (below), which no endpoint entry of
+//!    the active parity points at;
 //! 2. point every IP-cache key whose identity changes at a transient identity that decides like
-//!    the old one in the old tables and like the new one in the new tables;
-//! 3. write the endpoints' entries for the inactive parity, then flip `ACTIVE` (one write);
+//!    the old one in the old tables and like the new one in the new tables (a table used by both
+//!    snapshots is kept in place only where the two agree on it: `moves_agree`);
+//! 3. write the endpoints' entries for the inactive parity, then flip `ACTIVE` (one write): a
+//!    packet reads `ACTIVE` once, so it uses the old parity's entries and tables throughout, or
+//!    the new parity's throughout;
 //! 4. point the changed keys at their new identities, delete the removed ones;
 //! 5. after a grace period, delete what nothing resolves to any more.
+//!
+//! Standby tables (`Snapshot::standby`, chosen by `compile::buffers`): a table that retires at
+//! the flip is not deleted but kept, as it stands, and the next plan that must copy-on-write the
+//! same endpoint side writes only the differences into it (step 1). That is safe because no
+//! packet can read it by then: after the flip, only the new parity's entries are read, and they
+//! do not point at it; the two barriers of step 5 outlast any program that read `ACTIVE` before
+//! the flip; and the old parity's entries are deleted at the end of the plan, so the next plan
+//! writes the inactive parity's entries afresh. The plan keeps each standby's content exactly
+//! (retiring tables lose their transient cells first), so the delta it writes is exact.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
@@ -215,8 +229,9 @@ pub fn moves_agree(old: &Entries, new: &Entries, moves: &BTreeSet<(u32, u32)>) -
         .all(|(o, n)| relabel(&cells_of(old, *o), 0) == relabel(&cells_of(new, *n), 0))
 }
 
-/// The ordered ops that take the datapath from `old` (what is in the maps; `Snapshot::default()`
-/// for empty maps) to `new`. Table ids of `new` that must move to a fresh id (copy-on-write) are
+/// The ordered ops that take the datapath from `old` (what is in the maps, its standby tables
+/// included; `Snapshot::default()` for empty maps) to `new`. When `new` was compiled
+/// incrementally from `old`, only the IP-cache keys it changed are looked at. Table ids of `new` that must move to a fresh id (copy-on-write) are
 /// renamed in the ops; `new`'s own ids are what the caller keeps for resolving events.
 pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
     let first = old.endpoints.is_empty() && old.ipcache.is_empty();

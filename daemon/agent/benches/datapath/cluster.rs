@@ -35,6 +35,23 @@ pub const CHANGE_PORT: u16 = 7002;
 /// "flowgate" in ASCII, as the policy benchmark uses.
 const SEED: u64 = 0x666c_6f77_6761_7465;
 
+/// One object a change replaced, to be put into the index the way a watch event is.
+#[derive(Debug, Clone)]
+pub enum Changed {
+    Policy(Policy),
+    Pod(Pod),
+}
+
+impl Changed {
+    /// Replaces the object in the index (one `upsert`, as the Kubernetes-mode store does).
+    pub fn upsert(self, cluster: &mut Cluster) -> bool {
+        match self {
+            Self::Policy(p) => cluster.upsert_policy(p),
+            Self::Pod(p) => cluster.upsert_pod(p),
+        }
+    }
+}
+
 /// The objects of a cluster, kept so that one object can be changed and the index rebuilt.
 #[derive(Debug, Clone)]
 pub struct Objects {
@@ -63,50 +80,46 @@ impl Objects {
 
     /// `bench/server-from-client` with or without `CHANGE_PORT`: a change to the server's
     /// ingress table.
-    pub fn toggle_server_policy(&mut self) -> bool {
+    pub fn toggle_server_policy(&mut self) -> Option<Changed> {
         let Some(policy) = self
             .policies
             .iter_mut()
             .find(|p| p.namespace == BENCH_NS && p.name == "server-from-client")
         else {
-            return false;
+            return None;
         };
-        let Some(rule) = policy.ingress.first_mut() else {
-            return false;
-        };
+        let rule = policy.ingress.first_mut()?;
         let extra = tcp(CHANGE_PORT);
         if let Some(at) = rule.ports.iter().position(|p| *p == extra) {
             rule.ports.remove(at);
         } else {
             rule.ports.push(extra);
         }
-        true
+        Some(Changed::Policy(policy.clone()))
     }
 
     /// A policy of another namespace (selecting no local pod) gains or loses a port.
-    pub fn toggle_remote_policy(&mut self) -> bool {
+    pub fn toggle_remote_policy(&mut self) -> Option<Changed> {
         let Some(policy) = self
             .policies
             .iter_mut()
             .find(|p| p.namespace != BENCH_NS && p.isolates_ingress && !p.ingress.is_empty())
         else {
-            return false;
+            return None;
         };
-        let Some(rule) = policy.ingress.first_mut() else {
-            return false;
-        };
+        let rule = policy.ingress.first_mut()?;
         let extra = tcp(CHANGE_PORT);
         if let Some(at) = rule.ports.iter().position(|p| *p == extra) {
             rule.ports.remove(at);
         } else {
             rule.ports.push(extra);
         }
-        true
+        Some(Changed::Policy(policy.clone()))
     }
 
     /// A remote pod that the server's ingress allows (a frontend in an `env=prod` namespace)
     /// changes `tier` back and forth, so its IP moves to another identity.
-    pub fn toggle_remote_pod_label(&mut self) -> Option<String> {
+    pub fn toggle_remote_pod_label(&mut self) -> Option<Changed> {
         let prod: Vec<&str> = self
             .namespaces
             .iter()
@@ -125,7 +138,7 @@ impl Objects {
         } else {
             "frontend".to_owned()
         };
-        Some(pod.key())
+        Some(Changed::Pod(pod.clone()))
     }
 }
 

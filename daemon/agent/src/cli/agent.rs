@@ -634,22 +634,38 @@ fn reload(
                 node.snapshot().generation
             );
         }
-        Ok(next) => match node.apply(&next.cluster) {
-            Ok(stats) => {
-                eprintln!(
-                    "flowgate agent: manifests changed: generation {} applied ({} map ops, compile {:.1} ms, write {:.1} ms)",
-                    stats.generation,
-                    stats.ops,
-                    stats.compile.as_secs_f64() * 1e3,
-                    stats.write.as_secs_f64() * 1e3
-                );
-                *loaded = next;
-                return Some(stats);
+        Ok(mut next) => {
+            // The index in force, changed only where the files changed: its journal then names
+            // just those objects, and the compile redoes only what they touch.
+            let mut cluster = std::mem::take(&mut loaded.cluster);
+            let objects = |m: &flowgate_policy::Manifests| {
+                (m.namespaces.clone(), m.pods.clone(), m.policies.clone())
+            };
+            let (namespaces, pods, policies) = objects(&next.manifests);
+            cluster.sync(namespaces, pods, policies);
+            match node.apply(&cluster) {
+                Ok(stats) => {
+                    eprintln!(
+                        "flowgate agent: manifests changed: generation {} applied ({} map ops, compile {:.1} ms, write {:.1} ms)",
+                        stats.generation,
+                        stats.ops,
+                        stats.compile.as_secs_f64() * 1e3,
+                        stats.write.as_secs_f64() * 1e3
+                    );
+                    next.cluster = cluster;
+                    *loaded = next;
+                    return Some(stats);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "flowgate agent: applying the changed manifests failed: {e:#}; the previous state stays"
+                    );
+                    let (namespaces, pods, policies) = objects(&loaded.manifests);
+                    cluster.sync(namespaces, pods, policies);
+                    loaded.cluster = cluster;
+                }
             }
-            Err(e) => eprintln!(
-                "flowgate agent: applying the changed manifests failed: {e:#}; the previous state stays"
-            ),
-        },
+        }
         Err(e) => {
             eprintln!("flowgate agent: cannot read the manifests: {e:#}; keeping the current state")
         }

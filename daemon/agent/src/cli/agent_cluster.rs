@@ -203,10 +203,20 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
         if !ready && adopted.is_some() && waiting_pods && started.elapsed() < ADOPT_GRACE {
             continue;
         }
-        let (cluster, since) = source.lock().take_cluster();
-        match node.apply(&cluster) {
+        // The index is applied where it lives, under the lock: watch events wait for the
+        // apply (a few ms when little changed) instead of the index being copied or rebuilt.
+        let (applied, since, policies) = {
+            let mut store = source.lock();
+            let since = store.take_pending();
+            let cluster = store.cluster();
+            let applied = node.apply(cluster);
+            if let Ok(stats) = &applied {
+                services.applied(&mut node, cluster, stats);
+            }
+            (applied, since, cluster.policies().count())
+        };
+        match applied {
             Ok(stats) => {
-                services.applied(&mut node, &cluster, &stats);
                 if let Some(since) = since {
                     services
                         .metrics
@@ -231,7 +241,7 @@ pub fn run(args: &Args, token: Option<String>) -> anyhow::Result<Exit> {
                     "flowgate agent: generation {} applied: {} local pods, {} policies, {} map ops, compile {:.1} ms, write {:.1} ms",
                     stats.generation,
                     node.snapshot().endpoints.len(),
-                    cluster.policies().count(),
+                    policies,
                     stats.ops,
                     stats.compile.as_secs_f64() * 1e3,
                     stats.write.as_secs_f64() * 1e3
