@@ -100,12 +100,16 @@ impl EndpointState {
     }
 }
 
-/// The IP-cache keys an incremental compile changed, and the snapshot it started from.
+/// What an incremental compile changed, and the snapshot it started from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Delta {
     generation: u32,
     source: Option<(u64, u64)>,
+    /// IP-cache keys whose identity changed.
     keys: BTreeSet<IpNet>,
+    /// Identities that came and went.
+    added: BTreeSet<u32>,
+    removed: BTreeSet<u32>,
 }
 
 /// Everything the datapath needs for one policy generation, plus the allocators that keep ids
@@ -165,10 +169,18 @@ impl Snapshot {
     /// The IP-cache keys whose identity may differ between `old` and this snapshot, when this
     /// snapshot was compiled incrementally from `old` (`None`: any key may differ).
     pub fn changed_keys_since(&self, old: &Snapshot) -> Option<&BTreeSet<IpNet>> {
+        self.delta_since(old).map(|(keys, _, _)| keys)
+    }
+
+    /// With `changed_keys_since`, the identities that came and went since `old`.
+    pub(crate) fn delta_since(
+        &self,
+        old: &Snapshot,
+    ) -> Option<(&BTreeSet<IpNet>, &BTreeSet<u32>, &BTreeSet<u32>)> {
         self.delta
             .as_ref()
             .filter(|d| d.generation == old.generation && d.source == old.source)
-            .map(|d| &d.keys)
+            .map(|d| (&d.keys, &d.added, &d.removed))
     }
 
     /// Whether the two snapshots put the same things in the maps and explain them the same way
@@ -238,35 +250,36 @@ pub fn compile(
                     }
                 }
             }
-            let keys = snap.update_ipcache(prev, cluster, &cidrs, &ips);
+            let (keys, added, removed) = snap.update_ipcache(prev, cluster, &cidrs, &ips);
+            // Contents of identities gone are not interned any more (a full compile keeps only
+            // those in use).
+            for id in &removed {
+                if let Some(content) = prev.identities.get(id) {
+                    snap.identity_ids.remove(content);
+                }
+            }
             snap.delta = Some(Delta {
                 generation: prev.generation,
                 source: prev.source,
                 keys,
+                added,
+                removed,
             });
         }
         None => snap.build_ipcache(cluster, &cidrs),
     }
     snap.cidrs = cidrs;
     // Identities the change added and removed (what a reused table gains and loses).
-    let (added, removed): (Vec<u32>, BTreeSet<u32>) = match &incremental {
-        Some((prev, _)) => (
-            snap.identities
-                .keys()
-                .filter(|id| !prev.identities.contains_key(id))
-                .copied()
-                .collect(),
-            prev.identities
-                .keys()
-                .filter(|id| !snap.identities.contains_key(id))
-                .copied()
-                .collect(),
-        ),
+    let (added, removed): (Vec<u32>, BTreeSet<u32>) = match &snap.delta {
+        Some(d) => (d.added.iter().copied().collect(), d.removed.clone()),
         None => (Vec::new(), BTreeSet::new()),
     };
 
     // Tables, shared by endpoints with the same signature.
     let mut by_signature: HashMap<TableSignature, Entries> = HashMap::new();
+    // Tables that are a previous table with only identities added and removed (they agree with
+    // it on every identity both snapshots know, by construction).
+    let mut reused_from: HashMap<TableSignature, u32> = HashMap::new();
     let mut sides: Vec<(u32, PodId, Direction, TableSignature, Vec<PolicyRef>)> = Vec::new();
     for &(ifindex, pod) in &local_pods {
         for direction in [Direction::Ingress, Direction::Egress] {
@@ -304,11 +317,12 @@ pub fn compile(
                             .contains(&(p.namespace.clone(), p.name.clone()))
                     });
                     let id = prev.signatures.get(&signature).filter(|_| unchanged)?;
-                    prev.tables.get(id)
+                    prev.tables.get(id).map(|old| (*id, old))
                 });
                 let mut entries = Entries::new();
                 let ids: Vec<u32> = match reusable {
-                    Some(old) => {
+                    Some((id, old)) => {
+                        reused_from.insert(signature.clone(), id);
                         entries = old.clone();
                         entries.retain(|cell, _| !removed.contains(&cell.identity));
                         added.clone()
@@ -332,7 +346,7 @@ pub fn compile(
         .iter()
         .map(|(ifindex, _, direction, signature, _)| (*ifindex, *direction, signature))
         .collect();
-    buffers::place_tables(&mut snap, previous, &placing, by_signature);
+    buffers::place_tables(&mut snap, previous, &placing, by_signature, &reused_from);
 
     for (ifindex, pod, direction, signature, isolated_by) in sides {
         let table = snap.signatures.get(&signature).copied().unwrap_or(0);
@@ -369,19 +383,23 @@ pub fn compile(
     }
 
     // Keep only the attributions in use (ids stay reserved in the allocator).
-    let live: BTreeSet<u32> = snap
-        .tables
-        .values()
-        .flat_map(|t| t.values().copied())
-        .collect();
-    snap.attribution_ids.retain(|_, id| live.contains(id));
+    let mut live = vec![false; snap.next_attribution as usize];
+    for id in snap.tables.values().flat_map(|t| t.values()) {
+        if let Some(slot) = live.get_mut(*id as usize) {
+            *slot = true;
+        }
+    }
+    snap.attribution_ids
+        .retain(|_, id| live.get(*id as usize).copied().unwrap_or(false));
     snap.attributions = snap
         .attribution_ids
         .iter()
         .map(|(refs, id)| (*id, refs.clone()))
         .collect();
-    snap.identity_ids
-        .retain(|_, id| snap.identities.contains_key(id));
+    if snap.delta.is_none() {
+        snap.identity_ids
+            .retain(|_, id| snap.identities.contains_key(id));
+    }
     let live_endpoints: BTreeSet<&String> = snap.endpoints.values().map(|e| &e.pod).collect();
     snap.endpoint_ids.retain(|k, _| live_endpoints.contains(k));
     snap

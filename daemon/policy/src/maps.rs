@@ -141,12 +141,43 @@ fn resolve(cache: &BTreeMap<IpNet, u32>, net: &IpNet) -> Option<u32> {
     })
 }
 
-fn cells_of(entries: &Entries, identity: u32) -> Vec<(Cell, u32)> {
+/// The cells of one identity (cells are ordered by identity first).
+fn identity_range(entries: &Entries, identity: u32) -> impl Iterator<Item = (&Cell, &u32)> {
+    let first = Cell {
+        identity,
+        proto: None,
+        port: 0,
+        port_bits: 0,
+    };
     entries
-        .iter()
-        .filter(|(c, _)| c.identity == identity)
+        .range(first..)
+        .take_while(move |(c, _)| c.identity == identity)
+}
+
+fn cells_of(entries: &Entries, identity: u32) -> Vec<(Cell, u32)> {
+    identity_range(entries, identity)
         .map(|(c, a)| (*c, *a))
         .collect()
+}
+
+/// The cells of `entries` whose identity is not in `known`: by identity when the caller knows
+/// which identities are new (`only`), else by looking at every cell.
+fn cells_outside<'a>(
+    entries: &'a Entries,
+    known: &'a BTreeMap<u32, crate::compile::IdentityContent>,
+    only: Option<&'a BTreeSet<u32>>,
+) -> Vec<(&'a Cell, &'a u32)> {
+    match only {
+        Some(ids) => ids
+            .iter()
+            .filter(|id| !known.contains_key(id))
+            .flat_map(|id| identity_range(entries, *id))
+            .collect(),
+        None => entries
+            .iter()
+            .filter(|(c, _)| !known.contains_key(&c.identity))
+            .collect(),
+    }
 }
 
 fn relabel(cells: &[(Cell, u32)], identity: u32) -> Vec<(Cell, u32)> {
@@ -165,17 +196,43 @@ fn write_delta(
 ) {
     let empty = Entries::new();
     let (current, wanted) = (current.unwrap_or(&empty), wanted.unwrap_or(&empty));
-    for (cell, attr) in wanted {
-        if current.get(cell) != Some(attr) {
-            ops.push(MapOp::PolicyUpdate(
-                policy_key(table, cell),
-                PolicyValue { attribution: *attr },
-            ));
-        }
+    if current == wanted {
+        return;
     }
-    for cell in current.keys() {
-        if !wanted.contains_key(cell) {
-            ops.push(MapOp::PolicyDelete(policy_key(table, cell)));
+    // Both are sorted: one pass over the two.
+    let mut have = current.iter().peekable();
+    let mut want = wanted.iter().peekable();
+    loop {
+        let order = match (have.peek(), want.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((h, _)), Some((w, _))) => h.cmp(w),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                if let Some((cell, _)) = have.next() {
+                    ops.push(MapOp::PolicyDelete(policy_key(table, cell)));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((cell, attr)) = want.next() {
+                    ops.push(MapOp::PolicyUpdate(
+                        policy_key(table, cell),
+                        PolicyValue { attribution: *attr },
+                    ));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((_, a)), Some((cell, b))) = (have.next(), want.next())
+                    && a != b
+                {
+                    ops.push(MapOp::PolicyUpdate(
+                        policy_key(table, cell),
+                        PolicyValue { attribution: *b },
+                    ));
+                }
+            }
         }
     }
 }
@@ -239,10 +296,16 @@ pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
     let mut late: Vec<MapOp> = Vec::new();
 
     // Keys whose identity changes get a transient identity for the switch.
-    // Only the keys an incremental compile changed can move; otherwise every key is looked at.
+    // Only the keys an incremental compile changed can move, and only the identities it added
+    // and removed come or go; otherwise every key and cell is looked at.
+    let delta = new.delta_since(old);
+    let (added, removed) = match delta {
+        Some((_, added, removed)) => (Some(added), Some(removed)),
+        None => (None, None),
+    };
     let every_key: BTreeSet<IpNet>;
-    let keys = match new.changed_keys_since(old) {
-        Some(keys) => keys,
+    let keys = match delta {
+        Some((keys, _, _)) => keys,
         None => {
             every_key = old
                 .ipcache
@@ -300,10 +363,10 @@ pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
             .is_some_and(|old_entries| old_copy(old_entries) == new_copy(entries));
         if keep {
             in_place.insert(*id);
-            let new_identities = entries
-                .iter()
-                .filter(|(c, _)| !old.identities.contains_key(&c.identity));
-            for (cell, attr) in new_identities.chain(new_copy(entries).iter().map(|(c, a)| (c, a)))
+            let new_identities = cells_outside(entries, &old.identities, added);
+            for (cell, attr) in new_identities
+                .into_iter()
+                .chain(new_copy(entries).iter().map(|(c, a)| (c, a)))
             {
                 early.push(MapOp::PolicyUpdate(
                     policy_key(*id, cell),
@@ -314,10 +377,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot, mode: Mode) -> Vec<MapOp> {
             for (cell, _) in new_copy(entries) {
                 late.push(MapOp::PolicyDelete(policy_key(*id, &cell)));
             }
-            for (cell, _) in old.tables[id]
-                .iter()
-                .filter(|(c, _)| !new.identities.contains_key(&c.identity))
-            {
+            for (cell, _) in cells_outside(&old.tables[id], &new.identities, removed) {
                 late.push(MapOp::PolicyDelete(policy_key(*id, cell)));
             }
         } else {

@@ -31,6 +31,7 @@ pub(super) fn place_tables(
     previous: Option<&Snapshot>,
     sides: &[(u32, Direction, &TableSignature)],
     mut by_signature: HashMap<TableSignature, Entries>,
+    reused_from: &HashMap<TableSignature, u32>,
 ) {
     let moves = match previous {
         Some(p) => match snap.changed_keys_since(p) {
@@ -55,7 +56,7 @@ pub(super) fn place_tables(
         let (id, placement) = match before {
             Some((p, t, old))
                 if !active.contains(&t)
-                    && agree(old, entries, p, snap)
+                    && (reused_from.get(signature) == Some(&t) || agree(old, entries, p, snap))
                     && crate::maps::moves_agree(old, entries, &moves) =>
             {
                 (t, Placement::InPlace)

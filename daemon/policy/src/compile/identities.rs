@@ -128,23 +128,29 @@ impl Snapshot {
 
     /// The previous snapshot's IP cache with the keys of `ips` worked out again (in key order,
     /// so new identities get the ids a full build would give them). The region CIDRs must be
-    /// the previous snapshot's. Returns the keys whose identity changed.
+    /// the previous snapshot's. Returns the keys whose identity changed, and the identities
+    /// that came and went.
     pub(super) fn update_ipcache(
         &mut self,
         previous: &Snapshot,
         cluster: &Cluster,
         cidrs: &BTreeSet<IpNet>,
         ips: &BTreeSet<IpAddr>,
-    ) -> BTreeSet<IpNet> {
+    ) -> (BTreeSet<IpNet>, BTreeSet<u32>, BTreeSet<u32>) {
         self.ipcache.clone_from(&previous.ipcache);
         self.identities.clone_from(&previous.identities);
         self.identity_refs.clone_from(&previous.identity_refs);
         let keys: BTreeSet<IpNet> = ips.iter().map(|ip| IpNet::from(*ip)).collect();
         let mut changed = BTreeSet::new();
+        let mut added = BTreeSet::new();
         for key in keys {
             let new_id = content_at(cluster, cidrs, key).map(|content| {
                 let id = self.intern_identity(&content);
-                self.identities.entry(id).or_insert(content);
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.identities.entry(id)
+                {
+                    slot.insert(content);
+                    added.insert(id);
+                }
                 id
             });
             let old_id = self.ipcache.get(&key).copied();
@@ -169,16 +175,16 @@ impl Snapshot {
         }
         // Identities no address resolves to any more (only now: one that a key left may have
         // been taken up by a later key).
-        let unused: Vec<u32> = self
+        let unused: BTreeSet<u32> = self
             .identity_refs
             .iter()
             .filter(|(_, n)| **n == 0)
             .map(|(id, _)| *id)
             .collect();
-        for id in unused {
-            self.identity_refs.remove(&id);
-            self.identities.remove(&id);
+        for id in &unused {
+            self.identity_refs.remove(id);
+            self.identities.remove(id);
         }
-        changed
+        (changed, added, unused)
     }
 }
