@@ -142,6 +142,8 @@ pub struct Snapshot {
     /// Tables in the maps that nothing reads (see `buffers`), and each active table's standby.
     standby: BTreeMap<u32, Entries>,
     partners: BTreeMap<u32, u32>,
+    /// The policies the tables were compiled from, as they were.
+    policies: HashMap<PolicyRef, Policy>,
 }
 
 impl Snapshot {
@@ -295,6 +297,9 @@ pub fn compile(
                     name: p.name.clone(),
                 })
                 .collect();
+            for (r, p) in isolated_by.iter().zip(&isolating) {
+                snap.policies.insert(r.clone(), (*p).clone());
+            }
             if isolating.is_empty() {
                 sides.push((ifindex, pod, direction, TableSignature::none(), isolated_by));
                 continue;
@@ -310,32 +315,16 @@ pub fn compile(
                 own_ports,
             };
             if !by_signature.contains_key(&signature) {
-                let reusable = incremental.as_ref().and_then(|(prev, changes)| {
-                    let unchanged = signature.policies.iter().all(|p| {
-                        !changes
-                            .policies
-                            .contains(&(p.namespace.clone(), p.name.clone()))
-                    });
-                    let id = prev.signatures.get(&signature).filter(|_| unchanged)?;
-                    prev.tables.get(id).map(|old| (*id, old))
-                });
-                let mut entries = Entries::new();
-                let ids: Vec<u32> = match reusable {
-                    Some((id, old)) => {
-                        reused_from.insert(signature.clone(), id);
-                        entries = old.clone();
-                        entries.retain(|cell, _| !removed.contains(&cell.identity));
-                        added.clone()
-                    }
-                    None => snap.identities.keys().copied().collect(),
-                };
-                snap.table_entries_for(
-                    &mut entries,
-                    &ids,
+                let (entries, reused) = snap.table_for(
+                    &signature,
                     &isolating,
-                    direction,
-                    &signature.own_ports,
+                    incremental.as_ref().map(|(prev, changes)| (*prev, changes)),
+                    &added,
+                    &removed,
                 );
+                if let Some(id) = reused {
+                    reused_from.insert(signature.clone(), id);
+                }
                 by_signature.insert(signature.clone(), entries);
             }
             sides.push((ifindex, pod, direction, signature, isolated_by));

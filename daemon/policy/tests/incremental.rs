@@ -39,6 +39,12 @@ enum Change {
     AddPod(usize, &'static str, &'static str),
     NamespaceTeam(usize, Option<&'static str>),
     Policy(Policy),
+    /// A policy's rules replaced, its selector and types kept (its tables keep their place).
+    Rules(
+        usize,
+        Vec<flowgate_policy::model::Rule>,
+        Vec<flowgate_policy::model::Rule>,
+    ),
     RemovePolicy(usize),
 }
 
@@ -62,6 +68,12 @@ fn change() -> impl Strategy<Value = Change> {
         )
             .prop_map(|(n, t)| Change::NamespaceTeam(n, t)),
         (0usize..6).prop_flat_map(policy).prop_map(Change::Policy),
+        (
+            0usize..6,
+            prop::collection::vec(rule("n0"), 0..3),
+            prop::collection::vec(rule("n0"), 0..3)
+        )
+            .prop_map(|(i, ingress, egress)| Change::Rules(i, ingress, egress)),
         (0usize..6).prop_map(Change::RemovePolicy),
     ]
 }
@@ -168,6 +180,28 @@ impl Objects {
                 }
                 self.policies.push(p.clone());
                 cluster.upsert_policy(p.clone());
+            }
+            Change::Rules(i, ingress, egress) => {
+                let name = format!("p{i}");
+                if let Some(p) = self.policies.iter_mut().find(|q| q.name == name) {
+                    // Own-namespace peers name the policy's own namespace.
+                    let own = |rules: &[flowgate_policy::model::Rule]| {
+                        let mut rules = rules.to_vec();
+                        for peer in rules.iter_mut().flat_map(|r| r.peers.iter_mut().flatten()) {
+                            if let flowgate_policy::model::Peer::Pods {
+                                namespaces: flowgate_policy::model::NamespaceScope::Own(ns),
+                                ..
+                            } = peer
+                            {
+                                ns.clone_from(&p.namespace);
+                            }
+                        }
+                        rules
+                    };
+                    p.ingress = own(ingress);
+                    p.egress = own(egress);
+                    cluster.upsert_policy(p.clone());
+                }
             }
             Change::RemovePolicy(i) => {
                 let name = format!("p{i}");

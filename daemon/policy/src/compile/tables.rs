@@ -4,10 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use crate::evaluate::RuleRef;
+use crate::cluster::Changes;
+use crate::evaluate::{PolicyRef, RuleRef};
 use crate::model::{Direction, NamespaceScope, Peer, Policy, PortMatch, Protocol};
 
-use super::{Cell, Entries, IdentityContent, Snapshot};
+use super::{Cell, Entries, IdentityContent, Snapshot, TableSignature};
 
 /// The protocols with ports (ICMP has none: only rules without ports allow it).
 const PORT_PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
@@ -52,7 +53,103 @@ fn resolve_port(
     }
 }
 
+/// Whether any rule of `policy` in `direction` matches an identity.
+fn matches_any(policy: &Policy, direction: Direction, content: &IdentityContent) -> bool {
+    policy
+        .rules(direction)
+        .iter()
+        .any(|rule| match &rule.peers {
+            None => true,
+            Some(peers) => peers.iter().any(|p| peer_matches_identity(p, content)),
+        })
+}
+
 impl Snapshot {
+    /// The cells of the table of `signature`, and the previous table's id when they are that
+    /// table's with only identities added and removed. With the previous snapshot and what
+    /// changed since, the previous table of the same signature is the start: identities gone
+    /// lose their cells, new ones gain theirs, and a changed policy's rules are worked out again
+    /// only for the identities its old or its new rules match (no other identity's cells
+    /// depend on it). Otherwise every identity is worked out.
+    pub(super) fn table_for(
+        &mut self,
+        signature: &TableSignature,
+        isolating: &[&Policy],
+        previous: Option<(&Snapshot, &Changes)>,
+        added: &[u32],
+        removed: &BTreeSet<u32>,
+    ) -> (Entries, Option<u32>) {
+        let Some(direction) = signature.direction else {
+            return (Entries::new(), None);
+        };
+        let start = previous.and_then(|(prev, changes)| {
+            let id = prev.signatures.get(signature)?;
+            Some((prev, changes, *id, prev.tables.get(id)?))
+        });
+        let mut entries = Entries::new();
+        let Some((prev, changes, prev_id, old)) = start else {
+            let ids: Vec<u32> = self.identities.keys().copied().collect();
+            self.table_entries_for(
+                &mut entries,
+                &ids,
+                isolating,
+                direction,
+                &signature.own_ports,
+            );
+            return (entries, None);
+        };
+        let mut affected: BTreeSet<u32> = BTreeSet::new();
+        for policy in isolating {
+            let key = (policy.namespace.clone(), policy.name.clone());
+            if !changes.policies.contains(&key) {
+                continue;
+            }
+            let name = PolicyRef {
+                namespace: key.0,
+                name: key.1,
+            };
+            let Some(before) = prev.policies.get(&name) else {
+                // Not known as it was: work the whole table out.
+                let ids: Vec<u32> = self.identities.keys().copied().collect();
+                self.table_entries_for(
+                    &mut entries,
+                    &ids,
+                    isolating,
+                    direction,
+                    &signature.own_ports,
+                );
+                return (entries, None);
+            };
+            if before.rules(direction) == policy.rules(direction) {
+                continue;
+            }
+            for (id, content) in &self.identities {
+                if matches_any(before, direction, content)
+                    || matches_any(policy, direction, content)
+                {
+                    affected.insert(*id);
+                }
+            }
+        }
+        entries = old.clone();
+        if !removed.is_empty() || !affected.is_empty() {
+            entries.retain(|cell, _| {
+                !removed.contains(&cell.identity) && !affected.contains(&cell.identity)
+            });
+        }
+        let reused = affected.is_empty().then_some(prev_id);
+        affected.extend(added.iter().copied());
+        let ids: Vec<u32> = affected.into_iter().collect();
+        self.table_entries_for(
+            &mut entries,
+            &ids,
+            isolating,
+            direction,
+            &signature.own_ports,
+        );
+        (entries, reused)
+    }
+
     /// Adds to `entries` the cells of the given identities (in id order, so attribution ids are
     /// given out in the order a compile of every identity gives them).
     pub(super) fn table_entries_for(
