@@ -81,13 +81,10 @@ impl Objects {
     /// `bench/server-from-client` with or without `CHANGE_PORT`: a change to the server's
     /// ingress table.
     pub fn toggle_server_policy(&mut self) -> Option<Changed> {
-        let Some(policy) = self
+        let policy = self
             .policies
             .iter_mut()
-            .find(|p| p.namespace == BENCH_NS && p.name == "server-from-client")
-        else {
-            return None;
-        };
+            .find(|p| p.namespace == BENCH_NS && p.name == "server-from-client")?;
         let rule = policy.ingress.first_mut()?;
         let extra = tcp(CHANGE_PORT);
         if let Some(at) = rule.ports.iter().position(|p| *p == extra) {
@@ -100,13 +97,10 @@ impl Objects {
 
     /// A policy of another namespace (selecting no local pod) gains or loses a port.
     pub fn toggle_remote_policy(&mut self) -> Option<Changed> {
-        let Some(policy) = self
+        let policy = self
             .policies
             .iter_mut()
-            .find(|p| p.namespace != BENCH_NS && p.isolates_ingress && !p.ingress.is_empty())
-        else {
-            return None;
-        };
+            .find(|p| p.namespace != BENCH_NS && p.isolates_ingress && !p.ingress.is_empty())?;
         let rule = policy.ingress.first_mut()?;
         let extra = tcp(CHANGE_PORT);
         if let Some(at) = rule.ports.iter().position(|p| *p == extra) {
