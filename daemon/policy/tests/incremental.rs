@@ -326,6 +326,28 @@ proptest! {
     }
 }
 
+/// Policy `n0/p0`: selects every pod of n0, allows ingress from `peers` on TCP `ports`.
+fn ingress_policy(peers: Option<Vec<flowgate_policy::model::Peer>>, ports: &[u16]) -> Policy {
+    Policy {
+        namespace: "n0".into(),
+        name: "p0".into(),
+        pod_selector: flowgate_policy::model::Selector::default(),
+        isolates_ingress: true,
+        isolates_egress: false,
+        ingress: vec![flowgate_policy::model::Rule {
+            peers,
+            ports: ports
+                .iter()
+                .map(|p| flowgate_policy::model::PortSpec {
+                    protocol: Protocol::Tcp,
+                    port: flowgate_policy::model::PortMatch::Range(*p, *p),
+                })
+                .collect(),
+        }],
+        egress: vec![],
+    }
+}
+
 /// A relabel, a policy edit and a namespace relabel each take the incremental path: only the
 /// touched addresses' IP-cache keys are worked out again.
 #[test]
@@ -345,21 +367,7 @@ fn one_change_recompiles_only_what_it_touches() {
         pod("pod1", 2, "db"),
         pod("pod3", 3, "db"),
     ];
-    let allow_web = |port: u16| Policy {
-        namespace: "n0".into(),
-        name: "p0".into(),
-        pod_selector: flowgate_policy::model::Selector::default(),
-        isolates_ingress: true,
-        isolates_egress: false,
-        ingress: vec![flowgate_policy::model::Rule {
-            peers: None,
-            ports: vec![flowgate_policy::model::PortSpec {
-                protocol: Protocol::Tcp,
-                port: flowgate_policy::model::PortMatch::Range(port, port),
-            }],
-        }],
-        egress: vec![],
-    };
+    let allow_web = |port: u16| ingress_policy(None, &[port]);
     let (mut cluster, _) = Cluster::build(namespaces(), pods, vec![allow_web(80)]);
     let locals = local_endpoints(&cluster);
     let first = compile(&cluster, &locals, None);
@@ -429,32 +437,16 @@ fn one_change_writes_what_it_changes_not_the_table() {
         node_name: None,
         owner: None,
     };
-    let allow = |ports: &[u16]| Policy {
-        namespace: "n0".into(),
-        name: "p0".into(),
-        pod_selector: flowgate_policy::model::Selector::default(),
-        isolates_ingress: true,
-        isolates_egress: false,
-        ingress: vec![flowgate_policy::model::Rule {
-            peers: Some(vec![flowgate_policy::model::Peer::Pods {
-                namespaces: flowgate_policy::model::NamespaceScope::Selected(
-                    flowgate_policy::model::Selector::default(),
-                ),
-                pods: flowgate_policy::model::Selector {
-                    match_labels: vec![("app".into(), "web".into())],
-                    match_expressions: vec![],
-                },
-            }]),
-            ports: ports
-                .iter()
-                .map(|p| flowgate_policy::model::PortSpec {
-                    protocol: Protocol::Tcp,
-                    port: flowgate_policy::model::PortMatch::Range(*p, *p),
-                })
-                .collect(),
-        }],
-        egress: vec![],
+    let web_anywhere = flowgate_policy::model::Peer::Pods {
+        namespaces: flowgate_policy::model::NamespaceScope::Selected(
+            flowgate_policy::model::Selector::default(),
+        ),
+        pods: flowgate_policy::model::Selector {
+            match_labels: vec![("app".into(), "web".into())],
+            match_expressions: vec![],
+        },
     };
+    let allow = |ports: &[u16]| ingress_policy(Some(vec![web_anywhere.clone()]), ports);
     let mut pods: Vec<Pod> = (0..40).map(remote).collect();
     pods.push(server.clone());
     let (mut cluster, _) = Cluster::build(namespaces(), pods, vec![allow(&[80])]);

@@ -86,17 +86,11 @@ impl Snapshot {
             let id = prev.signatures.get(signature)?;
             Some((prev, changes, *id, prev.tables.get(id)?))
         });
-        let mut entries = Entries::new();
         let Some((prev, changes, prev_id, old)) = start else {
-            let ids: Vec<u32> = self.identities.keys().copied().collect();
-            self.table_entries_for(
-                &mut entries,
-                &ids,
-                isolating,
-                direction,
-                &signature.own_ports,
+            return (
+                self.whole_table(isolating, direction, &signature.own_ports),
+                None,
             );
-            return (entries, None);
         };
         let mut affected: BTreeSet<u32> = BTreeSet::new();
         for policy in isolating {
@@ -110,15 +104,10 @@ impl Snapshot {
             };
             let Some(before) = prev.policies.get(&name) else {
                 // Not known as it was: work the whole table out.
-                let ids: Vec<u32> = self.identities.keys().copied().collect();
-                self.table_entries_for(
-                    &mut entries,
-                    &ids,
-                    isolating,
-                    direction,
-                    &signature.own_ports,
+                return (
+                    self.whole_table(isolating, direction, &signature.own_ports),
+                    None,
                 );
-                return (entries, None);
             };
             if before.rules(direction) == policy.rules(direction) {
                 continue;
@@ -131,7 +120,7 @@ impl Snapshot {
                 }
             }
         }
-        entries = old.clone();
+        let mut entries = old.clone();
         if !removed.is_empty() || !affected.is_empty() {
             entries.retain(|cell, _| {
                 !removed.contains(&cell.identity) && !affected.contains(&cell.identity)
@@ -148,6 +137,19 @@ impl Snapshot {
             &signature.own_ports,
         );
         (entries, reused)
+    }
+
+    /// The cells of every identity.
+    fn whole_table(
+        &mut self,
+        isolating: &[&Policy],
+        direction: Direction,
+        owner_ports: &PortList,
+    ) -> Entries {
+        let mut entries = Entries::new();
+        let ids: Vec<u32> = self.identities.keys().copied().collect();
+        self.table_entries_for(&mut entries, &ids, isolating, direction, owner_ports);
+        entries
     }
 
     /// Adds to `entries` the cells of the given identities (in id order, so attribution ids are
