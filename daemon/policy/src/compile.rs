@@ -14,9 +14,10 @@
 //! Incremental: when `previous` was compiled from an earlier revision of the same index (see
 //! `Cluster::changes_since`) and the region CIDRs are the same, only the IP-cache keys of the
 //! pods a change touched (and of the pods of relabelled namespaces) are worked out again, and a
-//! table whose policies and owner are unchanged keeps its cells, gaining those of new
-//! identities and losing those of identities gone. The result is what a full compile from the
-//! same `previous` gives (ids included): the property tests in `tests/incremental.rs` hold it.
+//! table of the same signature starts from its previous cells: identities gone lose theirs, new
+//! ones gain theirs, and where one of its policies changed, only the identities that policy's
+//! old or new rules match are worked out again (`tables::table_for`). The result is what a full
+//! compile from the same `previous` gives (ids included): `tests/incremental.rs` holds it.
 
 mod buffers;
 mod identities;
