@@ -584,6 +584,65 @@ fn policy_change_rechecks_established_connections() {
     );
 }
 
+/// Like `DENY_ALL`, for ingress only: web's egress is not isolated.
+const DENY_INGRESS: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+";
+
+#[test]
+fn a_connection_denied_on_recheck_stays_denied_both_ways() {
+    require_root!();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    let (rc, _) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, SYN).bytes(),
+    );
+    assert_eq!(rc, TC_ACT_OK);
+    h.update(DENY_INGRESS, Mode::Enforce);
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, ACK).bytes(),
+    );
+    assert_eq!((rc, one(&evs).reason), (TC_ACT_SHOT, reason::RECHECK_DENY));
+    // web's reply: its egress is open, but the connection was denied. It must not reopen it as
+    // a new outgoing flow (which would then let the client's packets in as its replies).
+    let (rc, evs) = h.run(
+        programs::FROM_POD,
+        &tcp("10.1.0.1", 80, "10.2.0.1", 40020, ACK).bytes(),
+    );
+    assert_eq!(rc, TC_ACT_SHOT, "the denied connection's reply is dropped");
+    assert!(
+        evs.iter().all(|e| e.verdict == verdict::DENY),
+        "no allow event for it: {evs:#?}"
+    );
+    let (rc, _) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, ACK).bytes(),
+    );
+    assert_eq!(rc, TC_ACT_SHOT, "and the client's next packet too");
+    // A new connection on the same ports is decided afresh (denied here, by the policy).
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, SYN).bytes(),
+    );
+    assert_eq!((rc, one(&evs).reason), (TC_ACT_SHOT, reason::DEFAULT_DENY));
+    // Allowed again under a new generation: the connection passes again.
+    h.update(ALLOW_CLIENT, Mode::Enforce);
+    let (rc, _) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, ACK).bytes(),
+    );
+    assert_eq!(
+        rc, TC_ACT_OK,
+        "re-checked under the new generation: allowed"
+    );
+}
+
 #[test]
 fn ring_buffer_loss_is_counted_exactly() {
     require_root!();

@@ -274,7 +274,10 @@ fn a_killed_agent_keeps_enforcing_and_the_next_one_takes_over_without_a_gap() {
     let tracked = conntrack
         .iter()
         .filter_map(Result::ok)
-        .filter(|(k, v)| k.src_port == conn_port && k.dst_port == 7100 && v.generation == 2)
+        .filter(|(k, v)| {
+            (k.local_port, k.remote_port) == (conn_port, 7100)
+                || (k.local_port, k.remote_port) == (7100, conn_port) && v.generation == 2
+        })
         .count();
     assert_eq!(tracked, 2, "both sides of the open connection are tracked");
 
