@@ -195,18 +195,6 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
         // No snapshot applied yet.
         return TC_ACT_OK;
     }
-    let key = EndpointKey {
-        ifindex,
-        parity,
-        _pad: [0; 3],
-    };
-    // SAFETY: the value is copied out at once.
-    let Some(ep) = (unsafe { FG_ENDPOINTS.get(&key) }) else {
-        // Not a pod flowgate manages (or not yet): pass.
-        return TC_ACT_OK;
-    };
-    let ep = *ep;
-
     // The endpoint's view of the connection: one key for both directions. One key on the
     // stack, reused below (the BPF stack is 512 bytes, and everything here is inlined into one
     // frame).
@@ -234,6 +222,8 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
     // A TCP SYN always opens a new connection (a reused 5-tuple must not pass silently as an old
     // one): it skips connection tracking and is decided, tracked and reported afresh.
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // The connection's entry: one lookup decides an established packet, before anything else.
+    let mut stale: Option<u8> = None;
     if !syn && let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
         // SAFETY: a valid map value pointer; plain integer fields.
         let (ct_generation, opened, ct_verdict, peer_generation) = unsafe {
@@ -244,20 +234,37 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
                 (*ct).peer_generation,
             )
         };
-        // A connection denied under this generation stays denied in both directions (only a
-        // new SYN or a new generation decides it again): re-checked below, dropped, counted.
-        if ct_generation == ep.generation && ct_verdict != verdict::DENY {
+        // Entries are only made for managed endpoints, and every change of the endpoints is a
+        // new generation: a current entry means a managed endpoint, without looking it up. A
+        // connection denied under this generation stays denied in both directions (only a new
+        // SYN or a new generation decides it again): re-checked below, dropped, counted.
+        if ct_generation == generation && ct_verdict != verdict::DENY {
             if dir == DIR_EGRESS {
-                if peer_generation == ep.generation {
+                if peer_generation == generation {
                     hint(ctx, trust::MASK);
                 } else {
                     hint(ctx, trust::SENT_BY_ENDPOINT);
                 }
             } else if sent_by_endpoint {
-                note_peer(ctx, &mut key, ep.generation);
+                note_peer(ctx, &mut key, generation);
             }
             return TC_ACT_OK;
         }
+        stale = Some(opened);
+    }
+    let ep_key = EndpointKey {
+        ifindex,
+        parity,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(ep) = (unsafe { FG_ENDPOINTS.get(&ep_key) }) else {
+        // Not a pod flowgate manages (or not yet): pass.
+        return TC_ACT_OK;
+    };
+    let ep = *ep;
+
+    if let Some(opened) = stale {
         // The policy changed since: re-check the connection in the direction it was opened.
         // Its remote end is `remote_addr`; the port asked for is the opened-to end's.
         let port = if opened == DIR_EGRESS {
