@@ -19,8 +19,10 @@ use std::net::IpAddr;
 
 use aya::maps::{MapData, RingBuf};
 use aya::{TestRun as _, TestRunOptions};
-use flowgate::datapath::{Datapath, LoadOptions, events};
-use flowgate_abi::{FlowEvent, programs, reason, verdict};
+use flowgate::datapath::{
+    Datapath, LoadOptions, SKB_CONTEXT_BYTES, events, skb_context, skb_context_mark,
+};
+use flowgate_abi::{FlowEvent, programs, reason, trust, verdict};
 use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile};
 use flowgate_policy::maps::{Mode, diff};
 use flowgate_policy::{Cluster, Manifests};
@@ -146,6 +148,31 @@ impl Harness {
         events::drain(&mut self.ring, &mut out, &mut stats);
         assert_eq!(stats.malformed, 0, "every record decodes");
         (result.return_value, out)
+    }
+
+    /// `run` with the skb's mark and ingress interface; also gives the mark afterwards.
+    fn run_in(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+        mark: u32,
+        ingress_ifindex: u32,
+    ) -> (u32, Vec<FlowEvent>, u32) {
+        let ctx = skb_context(mark, ingress_ifindex);
+        let mut ctx_out = [0u8; SKB_CONTEXT_BYTES];
+        let prog = self.dp.program(program).unwrap();
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        let mut out = Vec::new();
+        let mut stats = events::ReaderStats::default();
+        events::drain(&mut self.ring, &mut out, &mut stats);
+        (result.return_value, out, skb_context_mark(&ctx_out))
     }
 
     /// The (policy, rule) names an allow event's attribution resolves to, at its generation.
@@ -581,6 +608,49 @@ fn policy_change_rechecks_established_connections() {
         (rc, evs.len()),
         (TC_ACT_OK, 0),
         "re-checked and still allowed: no event"
+    );
+}
+
+#[test]
+fn the_senders_mark_is_honoured_only_from_another_interface_and_never_leaves_the_programs() {
+    require_root!();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    let denied = tcp("192.0.2.9", 40500, "10.1.0.1", 80, ACK).bytes();
+    let before = h.dp.path_stats().unwrap();
+    // Marked by a sending pod's fg_from_pod (came in on interface 7): passed unjudged, the
+    // mark cleared before the packet enters the pod.
+    let (rc, evs, mark) = h.run_in(programs::TO_POD, &denied, trust::MASK | 0x4000, 7);
+    assert_eq!((rc, evs.len()), (TC_ACT_OK, 0));
+    assert_eq!(mark, 0x4000, "the trust bits are cleared, other bits kept");
+    let after = h.dp.path_stats().unwrap();
+    assert_eq!(after.peer_judged, before.peer_judged + 1);
+    // The same bits on a packet the node itself sent (no ingress interface): judged, dropped.
+    let (rc, evs, mark) = h.run_in(programs::TO_POD, &denied, trust::MASK, 0);
+    assert_eq!((rc, one(&evs).verdict), (TC_ACT_SHOT, verdict::DENY));
+    assert_eq!(mark, 0);
+    // Only one of the bits: judged too.
+    let (rc, _, _) = h.run_in(programs::TO_POD, &denied, trust::SENT_BY_ENDPOINT, 7);
+    assert_eq!(rc, TC_ACT_SHOT);
+    let (rc, _, _) = h.run_in(programs::TO_POD, &denied, trust::PEER_JUDGED, 7);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(
+        h.dp.path_stats().unwrap().judged_at_receiver,
+        after.judged_at_receiver + 3
+    );
+    // fg_from_pod never lets bits it did not set through: web's egress allows nothing.
+    let out = tcp("10.1.0.1", 40600, "192.0.2.9", 443, SYN).bytes();
+    let (rc, _, mark) = h.run_in(programs::FROM_POD, &out, trust::MASK, 0);
+    assert_eq!((rc, mark), (TC_ACT_SHOT, 0));
+    // ... and marks what it passes: web's reply on a connection its ingress allowed.
+    let syn = tcp("10.2.0.1", 40601, "10.1.0.1", 80, SYN).bytes();
+    assert_eq!(h.run(programs::TO_POD, &syn).0, TC_ACT_OK);
+    let reply = tcp("10.1.0.1", 80, "10.2.0.1", 40601, SYN | ACK).bytes();
+    let (rc, evs, mark) = h.run_in(programs::FROM_POD, &reply, trust::PEER_JUDGED, 0);
+    assert_eq!((rc, evs.len()), (TC_ACT_OK, 0), "a reply: no new event");
+    assert_eq!(
+        mark,
+        trust::SENT_BY_ENDPOINT,
+        "judged by the sender; the receiver has not passed it yet, so no PEER_JUDGED"
     );
 }
 

@@ -132,6 +132,27 @@ impl Default for LoadOptions {
     }
 }
 
+/// Size of the kernel's `struct __sk_buff` (the context of TC programs), as
+/// `BPF_PROG_TEST_RUN` copies it back.
+pub const SKB_CONTEXT_BYTES: usize = 192;
+
+/// A `struct __sk_buff` for `BPF_PROG_TEST_RUN` of the programs, with the two fields the
+/// programs read besides the packet: `mark` (`flowgate_abi::trust`) and `ingress_ifindex` (the
+/// interface the packet came in on; 0: sent by the node itself). The kernel takes every other
+/// field as zero; `ifindex` 0 gives the skb the loopback device.
+pub fn skb_context(mark: u32, ingress_ifindex: u32) -> [u8; SKB_CONTEXT_BYTES] {
+    // Offsets in the UAPI struct: len, pkt_type, mark (8), ..., ingress_ifindex (36).
+    let mut ctx = [0u8; SKB_CONTEXT_BYTES];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx
+}
+
+/// The `mark` of a context `BPF_PROG_TEST_RUN` copied back (see `skb_context`).
+pub fn skb_context_mark(ctx: &[u8; SKB_CONTEXT_BYTES]) -> u32 {
+    u32::from_ne_bytes([ctx[8], ctx[9], ctx[10], ctx[11]])
+}
+
 /// The programs' counters (see `Datapath::path_stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathStats {
