@@ -652,6 +652,14 @@ fn the_senders_mark_is_honoured_only_from_another_interface_and_never_leaves_the
         trust::SENT_BY_ENDPOINT,
         "judged by the sender; the receiver has not passed it yet, so no PEER_JUDGED"
     );
+    // A connection opened by another local pod (its SYN marked by that pod's fg_from_pod, in
+    // on interface 7): that end passes web's packets too, so web's reply is marked for both.
+    let syn = tcp("10.2.0.1", 40602, "10.1.0.1", 80, SYN).bytes();
+    let (rc, _, _) = h.run_in(programs::TO_POD, &syn, trust::SENT_BY_ENDPOINT, 7);
+    assert_eq!(rc, TC_ACT_OK);
+    let reply = tcp("10.1.0.1", 80, "10.2.0.1", 40602, SYN | ACK).bytes();
+    let (rc, _, mark) = h.run_in(programs::FROM_POD, &reply, 0, 0);
+    assert_eq!((rc, mark), (TC_ACT_OK, trust::MASK));
 }
 
 /// Like `DENY_ALL`, for ingress only: web's egress is not isolated.

@@ -246,6 +246,11 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
                     hint(ctx, trust::SENT_BY_ENDPOINT);
                 }
             } else if sent_by_endpoint {
+                if peer_generation != generation {
+                    // The sender's hook passed it: it will pass this end's packets too.
+                    // SAFETY: as above.
+                    unsafe { (*ct).peer_generation = generation };
+                }
                 note_peer(ctx, &mut key, generation);
             }
             return TC_ACT_OK;
@@ -296,7 +301,13 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
     }
     let mut d = policy(&ep, dir, &pkt, key.remote_addr, pkt.dst_port);
     if d.allow {
-        track(&key, &ep, dir, verdict::ALLOW);
+        track(
+            &key,
+            &ep,
+            dir,
+            verdict::ALLOW,
+            peer(dir, &ep, sent_by_endpoint),
+        );
         emit(&ep, dir, &pkt, verdict::ALLOW, &d, (1, pkt.len), 0, 0);
         passed(ctx, dir, &mut key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
@@ -305,13 +316,31 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
         d.reason = reason::FRAGMENT_UNKNOWN;
     }
     if audit {
-        track(&key, &ep, dir, verdict::AUDIT_DENY);
+        track(
+            &key,
+            &ep,
+            dir,
+            verdict::AUDIT_DENY,
+            peer(dir, &ep, sent_by_endpoint),
+        );
         emit(&ep, dir, &pkt, verdict::AUDIT_DENY, &d, (1, pkt.len), 0, 0);
         passed(ctx, dir, &mut key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     deny(&ep, dir, &pkt, &mut key, &d, 0);
     TC_ACT_SHOT
+}
+
+/// The `peer_generation` of an entry a hook writes as it passes a packet: a packet into a pod
+/// that another local pod's `fg_from_pod` passed (`SENT_BY_ENDPOINT`: that end's entry is
+/// current and not denied) means the other end's `fg_to_pod` passes this end's packets too.
+#[inline(always)]
+fn peer(dir: u8, ep: &EndpointInfo, sent_by_endpoint: bool) -> u32 {
+    if dir == DIR_INGRESS && sent_by_endpoint {
+        ep.generation
+    } else {
+        0
+    }
 }
 
 /// After a hook passed a packet it judged: the sending hook marks it for the receiving one;
@@ -368,7 +397,13 @@ fn recheck(
     sent_by_endpoint: bool,
 ) -> i32 {
     if d.allow {
-        track(ct_key, ep, opened, verdict::ALLOW);
+        track(
+            ct_key,
+            ep,
+            opened,
+            verdict::ALLOW,
+            peer(dir, ep, sent_by_endpoint),
+        );
         passed(ctx, dir, ct_key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
@@ -379,7 +414,13 @@ fn recheck(
         event_flags::RECHECK
     };
     if audit {
-        track(ct_key, ep, opened, verdict::AUDIT_DENY);
+        track(
+            ct_key,
+            ep,
+            opened,
+            verdict::AUDIT_DENY,
+            peer(dir, ep, sent_by_endpoint),
+        );
         emit(
             ep,
             opened,
@@ -395,7 +436,7 @@ fn recheck(
     }
     // Kept, as denied: a later packet of the connection, either way, is dropped too. Removing
     // it would let the other end's next packet open the connection afresh as a new flow.
-    track(ct_key, ep, opened, verdict::DENY);
+    track(ct_key, ep, opened, verdict::DENY, 0);
     deny(ep, opened, pkt, ct_key, &d, flags);
     TC_ACT_SHOT
 }
@@ -444,13 +485,13 @@ fn policy(ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: [u8; 16], port: u16)
 }
 
 #[inline(always)]
-fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8) {
+fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8, peer_generation: u32) {
     let value = CtValue {
         generation: ep.generation,
         direction: dir,
         verdict: v,
         _pad: [0; 2],
-        peer_generation: 0,
+        peer_generation,
         peer_ifindex: 0,
         // SAFETY: no preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
