@@ -207,6 +207,8 @@ struct Frame {
     tcp_flags: u8,
     /// (id, offset in 8-byte units, more fragments).
     frag: Option<(u32, u16, bool)>,
+    /// IPv4 only: 4 bytes of IP options (IHL 6), so the L4 header is not at its usual offset.
+    ip_options: bool,
 }
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Frame {
@@ -218,12 +220,18 @@ fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Frame {
         dport,
         tcp_flags: flags,
         frag: None,
+        ip_options: false,
     }
 }
 
 impl Frame {
     fn proto(mut self, proto: u8) -> Self {
         self.proto = proto;
+        self
+    }
+
+    fn ip_options(mut self) -> Self {
+        self.ip_options = true;
         self
     }
 
@@ -270,7 +278,8 @@ impl Frame {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 p.extend_from_slice(&0x0800u16.to_be_bytes());
-                let total = u16::try_from(20 + payload.len()).unwrap();
+                let options: &[u8] = if self.ip_options { &[1, 1, 1, 0] } else { &[] };
+                let total = u16::try_from(20 + options.len() + payload.len()).unwrap();
                 let (id, frag) = match self.frag {
                     None => (1u16, 0x4000u16),
                     Some((id, off, more)) => (
@@ -278,13 +287,14 @@ impl Frame {
                         off | if more { 0x2000 } else { 0 },
                     ),
                 };
-                p.extend_from_slice(&[0x45, 0]);
+                p.extend_from_slice(&[0x45 + u8::from(self.ip_options), 0]);
                 p.extend_from_slice(&total.to_be_bytes());
                 p.extend_from_slice(&id.to_be_bytes());
                 p.extend_from_slice(&frag.to_be_bytes());
                 p.extend_from_slice(&[64, self.proto, 0, 0]);
                 p.extend_from_slice(&s.octets());
                 p.extend_from_slice(&d.octets());
+                p.extend_from_slice(options);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 p.extend_from_slice(&0x86ddu16.to_be_bytes());
@@ -660,6 +670,34 @@ fn the_senders_mark_is_honoured_only_from_another_interface_and_never_leaves_the
     let reply = tcp("10.1.0.1", 80, "10.2.0.1", 40602, SYN | ACK).bytes();
     let (rc, _, mark) = h.run_in(programs::FROM_POD, &reply, 0, 0);
     assert_eq!((rc, mark), (TC_ACT_OK, trust::MASK));
+}
+
+#[test]
+fn ports_are_read_behind_ipv4_options_too() {
+    require_root!();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    // UDP 53 from anywhere is allowed, 54 is not: with IP options, the ports are still read
+    // right (they are not at the usual offset).
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("192.0.2.9", 40700, "10.1.0.1", 53, 0)
+            .proto(17)
+            .ip_options()
+            .bytes(),
+    );
+    let ev = one(&evs);
+    assert_eq!(
+        (rc, ev.verdict, ev.src_port, ev.dst_port),
+        (TC_ACT_OK, verdict::ALLOW, 40700, 53)
+    );
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("192.0.2.9", 40701, "10.1.0.1", 54, 0)
+            .proto(17)
+            .ip_options()
+            .bytes(),
+    );
+    assert_eq!((rc, one(&evs).dst_port), (TC_ACT_SHOT, 54));
 }
 
 /// Like `DENY_ALL`, for ingress only: web's egress is not isolated.

@@ -714,24 +714,23 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         return Some(pkt);
     }
 
-    // The L4 header sits at a variable offset (IHL, IPv6 extension headers) that the verifier
-    // does not range-check for direct reads: one helper copy per header instead (the fixed
-    // IP header fields above are read directly).
+    // The L4 header: read directly at the two usual offsets, else one helper copy (see
+    // `load_l4`).
     match pkt.proto {
         PROTO_TCP => {
             // Ports and the flags byte (offset 13) in one copy.
-            let hdr: [u8; 14] = ctx.load(l4).ok()?;
+            let hdr: [u8; 14] = load_l4(ctx, l4)?;
             pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
             pkt.tcp_flags = hdr[13];
         }
         PROTO_UDP | PROTO_SCTP => {
-            let ports: [u8; 4] = ctx.load(l4).ok()?;
+            let ports: [u8; 4] = load_l4(ctx, l4)?;
             pkt.src_port = u16::from_be_bytes([ports[0], ports[1]]);
             pkt.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
         }
         PROTO_ICMP => {
-            let hdr: [u8; 8] = ctx.load(l4).ok()?;
+            let hdr: [u8; 8] = load_l4(ctx, l4)?;
             match hdr[0] {
                 // Echo request / reply: the identifier tracks the exchange like a port.
                 0 | 8 => {
@@ -745,7 +744,7 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
             }
         }
         PROTO_ICMPV6 => {
-            let hdr: [u8; 8] = ctx.load(l4).ok()?;
+            let hdr: [u8; 8] = load_l4(ctx, l4)?;
             match hdr[0] {
                 128 | 129 => {
                     let id = u16::from_be_bytes([hdr[4], hdr[5]]);
@@ -796,6 +795,20 @@ fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     // SAFETY: the bytes [ptr, ptr + size_of::<T>()) are inside the packet's linear data
     // (checked above); T is plain bytes or integers, read unaligned.
     Some(unsafe { ptr.read_unaligned() })
+}
+
+/// The L4 header at `l4`. Direct reads need an offset the verifier can range-check, so the
+/// two usual offsets (IPv4 without options, IPv6 without extension headers) are constants
+/// here; any other offset (IP options, extension headers) takes one `bpf_skb_load_bytes`.
+#[inline(always)]
+fn load_l4<T: Copy>(ctx: &TcContext, l4: usize) -> Option<T> {
+    if l4 == ETH_HLEN + 20 {
+        load(ctx, ETH_HLEN + 20)
+    } else if l4 == ETH_HLEN + 40 {
+        load(ctx, ETH_HLEN + 40)
+    } else {
+        ctx.load(l4).ok()
+    }
 }
 
 #[inline(always)]
