@@ -372,6 +372,11 @@ impl Node {
         Ok(self.datapath.lost_events()?)
     }
 
+    /// How `fg_to_pod` handled packets so far (`Datapath::path_stats`).
+    pub fn path_stats(&self) -> Result<crate::datapath::PathStats, NodeError> {
+        Ok(self.datapath.path_stats()?)
+    }
+
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }

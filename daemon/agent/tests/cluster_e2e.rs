@@ -72,7 +72,7 @@ fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     let api_addr = serve(&lab, &api);
     let http_addr = free_addr(&lab);
     let dir = std::env::temp_dir().join(format!("flowgate-cluster-e2e-{}", std::process::id()));
-    let agent = start_agent(&lab, api_addr, http_addr, &dir, &[]);
+    let agent = start_agent(&lab, api_addr, http_addr, &dir, &["--no-pin"]);
 
     // Not ready while a watch has not synced, and nothing applied.
     wait_for(
@@ -362,7 +362,7 @@ fn on_a_bridged_node_the_agent_finds_the_pods_behind_the_bridge_and_enforces() {
     let api_addr = serve(&lab, &api);
     let http_addr = free_addr(&lab);
     let dir = std::env::temp_dir().join(format!("flowgate-cluster-bridged-{}", std::process::id()));
-    let agent = start_agent(&lab, api_addr, http_addr, &dir, &[]);
+    let agent = start_agent(&lab, api_addr, http_addr, &dir, &["--no-pin"]);
     let started = Instant::now();
     wait_for("/readyz", &agent, Duration::from_secs(30), || {
         get(&lab, http_addr, "/readyz").is_some_and(|(status, _)| status == 200)

@@ -19,8 +19,10 @@ use std::net::IpAddr;
 
 use aya::maps::{MapData, RingBuf};
 use aya::{TestRun as _, TestRunOptions};
-use flowgate::datapath::{Datapath, LoadOptions, events};
-use flowgate_abi::{FlowEvent, programs, reason, verdict};
+use flowgate::datapath::{
+    Datapath, LoadOptions, SKB_CONTEXT_BYTES, events, skb_context, skb_context_mark,
+};
+use flowgate_abi::{FlowEvent, programs, reason, trust, verdict};
 use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile};
 use flowgate_policy::maps::{Mode, diff};
 use flowgate_policy::{Cluster, Manifests};
@@ -148,6 +150,31 @@ impl Harness {
         (result.return_value, out)
     }
 
+    /// `run` with the skb's mark and ingress interface; also gives the mark afterwards.
+    fn run_in(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+        mark: u32,
+        ingress_ifindex: u32,
+    ) -> (u32, Vec<FlowEvent>, u32) {
+        let ctx = skb_context(mark, ingress_ifindex);
+        let mut ctx_out = [0u8; SKB_CONTEXT_BYTES];
+        let prog = self.dp.program(program).unwrap();
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        let mut out = Vec::new();
+        let mut stats = events::ReaderStats::default();
+        events::drain(&mut self.ring, &mut out, &mut stats);
+        (result.return_value, out, skb_context_mark(&ctx_out))
+    }
+
     /// The (policy, rule) names an allow event's attribution resolves to, at its generation.
     fn allowed_by(&self, ev: &FlowEvent) -> Vec<String> {
         let snap = self
@@ -180,6 +207,8 @@ struct Frame {
     tcp_flags: u8,
     /// (id, offset in 8-byte units, more fragments).
     frag: Option<(u32, u16, bool)>,
+    /// IPv4 only: 4 bytes of IP options (IHL 6), so the L4 header is not at its usual offset.
+    ip_options: bool,
 }
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Frame {
@@ -191,12 +220,18 @@ fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Frame {
         dport,
         tcp_flags: flags,
         frag: None,
+        ip_options: false,
     }
 }
 
 impl Frame {
     fn proto(mut self, proto: u8) -> Self {
         self.proto = proto;
+        self
+    }
+
+    fn ip_options(mut self) -> Self {
+        self.ip_options = true;
         self
     }
 
@@ -243,7 +278,8 @@ impl Frame {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 p.extend_from_slice(&0x0800u16.to_be_bytes());
-                let total = u16::try_from(20 + payload.len()).unwrap();
+                let options: &[u8] = if self.ip_options { &[1, 1, 1, 0] } else { &[] };
+                let total = u16::try_from(20 + options.len() + payload.len()).unwrap();
                 let (id, frag) = match self.frag {
                     None => (1u16, 0x4000u16),
                     Some((id, off, more)) => (
@@ -251,13 +287,14 @@ impl Frame {
                         off | if more { 0x2000 } else { 0 },
                     ),
                 };
-                p.extend_from_slice(&[0x45, 0]);
+                p.extend_from_slice(&[0x45 + u8::from(self.ip_options), 0]);
                 p.extend_from_slice(&total.to_be_bytes());
                 p.extend_from_slice(&id.to_be_bytes());
                 p.extend_from_slice(&frag.to_be_bytes());
                 p.extend_from_slice(&[64, self.proto, 0, 0]);
                 p.extend_from_slice(&s.octets());
                 p.extend_from_slice(&d.octets());
+                p.extend_from_slice(options);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 p.extend_from_slice(&0x86ddu16.to_be_bytes());
@@ -581,6 +618,144 @@ fn policy_change_rechecks_established_connections() {
         (rc, evs.len()),
         (TC_ACT_OK, 0),
         "re-checked and still allowed: no event"
+    );
+}
+
+#[test]
+fn the_senders_mark_is_honoured_only_from_another_interface_and_never_leaves_the_programs() {
+    require_root!();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    let denied = tcp("192.0.2.9", 40500, "10.1.0.1", 80, ACK).bytes();
+    let before = h.dp.path_stats().unwrap();
+    // Marked by a sending pod's fg_from_pod (came in on interface 7): passed unjudged, the
+    // mark cleared before the packet enters the pod.
+    let (rc, evs, mark) = h.run_in(programs::TO_POD, &denied, trust::MASK | 0x4000, 7);
+    assert_eq!((rc, evs.len()), (TC_ACT_OK, 0));
+    assert_eq!(mark, 0x4000, "the trust bits are cleared, other bits kept");
+    let after = h.dp.path_stats().unwrap();
+    assert_eq!(after.peer_judged, before.peer_judged + 1);
+    // The same bits on a packet the node itself sent (no ingress interface): judged, dropped.
+    let (rc, evs, mark) = h.run_in(programs::TO_POD, &denied, trust::MASK, 0);
+    assert_eq!((rc, one(&evs).verdict), (TC_ACT_SHOT, verdict::DENY));
+    assert_eq!(mark, 0);
+    // Only one of the bits: judged too.
+    let (rc, _, _) = h.run_in(programs::TO_POD, &denied, trust::SENT_BY_ENDPOINT, 7);
+    assert_eq!(rc, TC_ACT_SHOT);
+    let (rc, _, _) = h.run_in(programs::TO_POD, &denied, trust::PEER_JUDGED, 7);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(
+        h.dp.path_stats().unwrap().judged_at_receiver,
+        after.judged_at_receiver + 3
+    );
+    // fg_from_pod never lets bits it did not set through: web's egress allows nothing.
+    let out = tcp("10.1.0.1", 40600, "192.0.2.9", 443, SYN).bytes();
+    let (rc, _, mark) = h.run_in(programs::FROM_POD, &out, trust::MASK, 0);
+    assert_eq!((rc, mark), (TC_ACT_SHOT, 0));
+    // ... and marks what it passes: web's reply on a connection its ingress allowed.
+    let syn = tcp("10.2.0.1", 40601, "10.1.0.1", 80, SYN).bytes();
+    assert_eq!(h.run(programs::TO_POD, &syn).0, TC_ACT_OK);
+    let reply = tcp("10.1.0.1", 80, "10.2.0.1", 40601, SYN | ACK).bytes();
+    let (rc, evs, mark) = h.run_in(programs::FROM_POD, &reply, trust::PEER_JUDGED, 0);
+    assert_eq!((rc, evs.len()), (TC_ACT_OK, 0), "a reply: no new event");
+    assert_eq!(
+        mark,
+        trust::SENT_BY_ENDPOINT,
+        "judged by the sender; the receiver has not passed it yet, so no PEER_JUDGED"
+    );
+    // A connection opened by another local pod (its SYN marked by that pod's fg_from_pod, in
+    // on interface 7): that end passes web's packets too, so web's reply is marked for both.
+    let syn = tcp("10.2.0.1", 40602, "10.1.0.1", 80, SYN).bytes();
+    let (rc, _, _) = h.run_in(programs::TO_POD, &syn, trust::SENT_BY_ENDPOINT, 7);
+    assert_eq!(rc, TC_ACT_OK);
+    let reply = tcp("10.1.0.1", 80, "10.2.0.1", 40602, SYN | ACK).bytes();
+    let (rc, _, mark) = h.run_in(programs::FROM_POD, &reply, 0, 0);
+    assert_eq!((rc, mark), (TC_ACT_OK, trust::MASK));
+}
+
+#[test]
+fn ports_are_read_behind_ipv4_options_too() {
+    require_root!();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    // UDP 53 from anywhere is allowed, 54 is not: with IP options, the ports are still read
+    // right (they are not at the usual offset).
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("192.0.2.9", 40700, "10.1.0.1", 53, 0)
+            .proto(17)
+            .ip_options()
+            .bytes(),
+    );
+    let ev = one(&evs);
+    assert_eq!(
+        (rc, ev.verdict, ev.src_port, ev.dst_port),
+        (TC_ACT_OK, verdict::ALLOW, 40700, 53)
+    );
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("192.0.2.9", 40701, "10.1.0.1", 54, 0)
+            .proto(17)
+            .ip_options()
+            .bytes(),
+    );
+    assert_eq!((rc, one(&evs).dst_port), (TC_ACT_SHOT, 54));
+}
+
+/// Like `DENY_ALL`, for ingress only: web's egress is not isolated.
+const DENY_INGRESS: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+";
+
+#[test]
+fn a_connection_denied_on_recheck_stays_denied_both_ways() {
+    require_root!();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    let (rc, _) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, SYN).bytes(),
+    );
+    assert_eq!(rc, TC_ACT_OK);
+    h.update(DENY_INGRESS, Mode::Enforce);
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, ACK).bytes(),
+    );
+    assert_eq!((rc, one(&evs).reason), (TC_ACT_SHOT, reason::RECHECK_DENY));
+    // web's reply: its egress is open, but the connection was denied. It must not reopen it as
+    // a new outgoing flow (which would then let the client's packets in as its replies).
+    let (rc, evs) = h.run(
+        programs::FROM_POD,
+        &tcp("10.1.0.1", 80, "10.2.0.1", 40020, ACK).bytes(),
+    );
+    assert_eq!(rc, TC_ACT_SHOT, "the denied connection's reply is dropped");
+    assert!(
+        evs.iter().all(|e| e.verdict == verdict::DENY),
+        "no allow event for it: {evs:#?}"
+    );
+    let (rc, _) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, ACK).bytes(),
+    );
+    assert_eq!(rc, TC_ACT_SHOT, "and the client's next packet too");
+    // A new connection on the same ports is decided afresh (denied here, by the policy).
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, SYN).bytes(),
+    );
+    assert_eq!((rc, one(&evs).reason), (TC_ACT_SHOT, reason::DEFAULT_DENY));
+    // Allowed again under a new generation: the connection passes again.
+    h.update(ALLOW_CLIENT, Mode::Enforce);
+    let (rc, _) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40020, "10.1.0.1", 80, ACK).bytes(),
+    );
+    assert_eq!(
+        rc, TC_ACT_OK,
+        "re-checked under the new generation: allowed"
     );
 }
 

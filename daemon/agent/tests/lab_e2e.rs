@@ -280,6 +280,27 @@ fn echo(stream: &mut TcpStream, byte: u8) -> bool {
     matches!(stream.read(&mut buf), Ok(1) if buf[0] == byte)
 }
 
+/// On an established same-node connection, each packet is judged once: by the sender's
+/// `fg_from_pod`, which the receiver's `fg_to_pod` trusts (`flowgate_abi::trust`).
+fn judged_once_per_packet(node: &Node, conn: &mut TcpStream) {
+    let before = node.path_stats().unwrap();
+    let rounds = 20;
+    for i in 0..rounds {
+        assert!(echo(conn, b'0' + i), "round {i} of the echo");
+    }
+    let after = node.path_stats().unwrap();
+    let trusted = after.peer_judged - before.peer_judged;
+    let judged = after.judged_at_receiver - before.judged_at_receiver;
+    eprintln!(
+        "{rounds} echo rounds: {trusted} packets passed on the sender's judgement, {judged} judged at the receiver"
+    );
+    assert!(
+        trusted >= 2 * u64::from(rounds),
+        "each request and each reply passes on the sender's judgement: {trusted} of at least {}",
+        2 * rounds
+    );
+}
+
 fn probe(lab: &Lab) -> Verdict {
     let seen = lab.probe(
         &ProbeEnd::Pod("app/client".into()),
@@ -304,6 +325,7 @@ fn policy_updates_apply_to_new_connections_at_once_and_recheck_established_ones(
     node.apply(&allow).unwrap();
     let mut conn = open_connection(&lab);
     assert!(echo(&mut conn, b'a'), "the allowed connection carries data");
+    judged_once_per_packet(&node, &mut conn);
 
     // Deny: the next new connection is dropped at once, the open one on its next packet.
     let stats = node.apply(&cluster(DENY)).unwrap();
@@ -375,11 +397,8 @@ fn audit_mode_drops_nothing_and_reports_what_enforce_would_drop() {
 fn legacy_clsact_attach_enforces_the_same() {
     require_root!();
     let deny = cluster(DENY);
-    let lab = Lab::build(&LabSpec {
-        extra_ports: vec![(Protocol::Tcp, 7100)],
-        ..LabSpec::from_cluster(&deny)
-    })
-    .unwrap();
+    // The server's 7100 is the echo server of `open_connection`.
+    let lab = Lab::build(&LabSpec::from_cluster(&deny)).unwrap();
     let mut node = Node::on_lab_with(
         &lab,
         Mode::Enforce,
@@ -389,6 +408,9 @@ fn legacy_clsact_attach_enforces_the_same() {
     .unwrap();
     assert_eq!(node.attached, Some(flowgate::datapath::Attached::Netlink));
     node.apply(&cluster(ALLOW_7100)).unwrap();
+    let mut conn = open_connection(&lab);
+    judged_once_per_packet(&node, &mut conn);
+    drop(conn);
     assert_eq!(probe(&lab), Verdict::Allow);
     node.apply(&deny).unwrap();
     assert_eq!(

@@ -274,7 +274,10 @@ fn a_killed_agent_keeps_enforcing_and_the_next_one_takes_over_without_a_gap() {
     let tracked = conntrack
         .iter()
         .filter_map(Result::ok)
-        .filter(|(k, v)| k.src_port == conn_port && k.dst_port == 7100 && v.generation == 2)
+        .filter(|(k, v)| {
+            (k.local_port, k.remote_port) == (conn_port, 7100)
+                || (k.local_port, k.remote_port) == (7100, conn_port) && v.generation == 2
+        })
         .count();
     assert_eq!(tracked, 2, "both sides of the open connection are tracked");
 
@@ -378,11 +381,8 @@ fn an_incompatible_pinned_datapath_on_the_legacy_tc_path_is_replaced_without_a_g
     replaced_without_a_gap(TcMode::Netlink);
 }
 
-fn replaced_without_a_gap(tc: TcMode) {
-    let (lab, pins, pods) = after_a_stopped_agent(EVENTS_BYTES, tc);
-    let old_programs = hook_programs(&lab, &pods);
-    assert!(old_programs.iter().all(|p| p.is_some()), "{old_programs:?}");
-    // An agent of another ABI made these pins.
+/// Makes the pins look like another ABI's.
+fn mark_as_other_abi(pins: &PinDir) {
     let meta_path = pins.path.join("meta");
     let mut meta: aya::maps::Array<MapData, flowgate_abi::PinMeta> =
         aya::maps::Map::Array(MapData::from_pin(&meta_path).unwrap())
@@ -391,7 +391,41 @@ fn replaced_without_a_gap(tc: TcMode) {
     let mut record = meta.get(&0, 0).unwrap();
     record.abi_version = 99;
     meta.set(0, record, 0).unwrap();
-    drop(meta);
+}
+
+#[test]
+fn an_incompatible_pinned_datapath_of_interfaces_gone_is_replaced_on_their_successors() {
+    require_root!();
+    let (lab, pins, old_pods) = after_a_stopped_agent(EVENTS_BYTES, TcMode::Auto);
+    mark_as_other_abi(&pins);
+    // The node's interfaces go away with their namespace; a new node's reuse their ifindexes,
+    // so the old link pins carry the new interfaces' names but belong to dead links.
+    drop(lab);
+    let lab = build_lab();
+    let pods = pods(&lab);
+    assert!(
+        pods.iter().any(|p| old_pods.iter().any(|o| o.2 == p.2)),
+        "precondition: a new interface reuses an old ifindex ({old_pods:?} -> {pods:?})"
+    );
+    let mut dp = Datapath::load(&pins.options()).unwrap();
+    assert!(dp.replaced().is_some());
+    attach_all(&lab, &mut dp, &pods, TcMode::Auto);
+    // Before the fix this failed forever: BPF_LINK_UPDATE of a link whose interface is gone.
+    apply(&mut dp, POLICY, &locals(&pods), &Snapshot::default());
+    assert!(
+        tcx_programs(&lab, &pods).iter().all(|p| p.len() == 1),
+        "one program per hook: {:?}",
+        tcx_programs(&lab, &pods)
+    );
+    assert_enforced(&lab, "replaced, on the new interfaces");
+}
+
+fn replaced_without_a_gap(tc: TcMode) {
+    let (lab, pins, pods) = after_a_stopped_agent(EVENTS_BYTES, tc);
+    let old_programs = hook_programs(&lab, &pods);
+    assert!(old_programs.iter().all(|p| p.is_some()), "{old_programs:?}");
+    // An agent of another ABI made these pins.
+    mark_as_other_abi(&pins);
 
     let mut dp = Datapath::load(&pins.options()).unwrap();
     assert!(dp.adopted().is_none());

@@ -28,6 +28,14 @@ struct MapLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PathLabels {
+    path: String,
+}
+
+/// The `path` label of `flowgate_datapath_packets_total`.
+pub const DATAPATH_PATHS: [&str; 2] = ["peer_judged", "receiver_judged"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -41,6 +49,9 @@ pub(crate) struct AgentFamilies {
     unenforced_reasons: std::sync::Mutex<std::collections::BTreeSet<String>>,
     map_entries: Family<MapLabels, Gauge<u64, AtomicU64>>,
     map_capacity: Family<MapLabels, Gauge<u64, AtomicU64>>,
+    datapath_packets: Family<PathLabels, Counter>,
+    /// The kernel's totals as of the last `set_datapath_paths`; `None` before the first.
+    datapath_seen: std::sync::Mutex<Option<[u64; 2]>>,
 }
 
 /// Buckets of `flowgate_policy_sync_seconds`: 1 ms to about 65 s, doubling.
@@ -92,7 +103,17 @@ impl AgentFamilies {
              and the previous snapshot stays in force",
             map_capacity.clone(),
         );
+        let datapath_packets = Family::<PathLabels, Counter>::default();
+        r.register(
+            "flowgate_datapath_packets",
+            "Packets into local pods by how fg_to_pod handled them: peer_judged (a same-node \
+             connection both ends had passed under the policy in force: judged once, at the \
+             sender) or receiver_judged (looked at by the receiving pod's own hook)",
+            datapath_packets.clone(),
+        );
         let families = Self {
+            datapath_packets,
+            datapath_seen: std::sync::Mutex::default(),
             map_entries,
             map_capacity,
             policy_sync,
@@ -107,7 +128,32 @@ impl AgentFamilies {
             families.rejected.get_or_create(&labels).inc_by(0);
             families.watch_errors.get_or_create(&labels).inc_by(0);
         }
+        for path in DATAPATH_PATHS {
+            let labels = PathLabels { path: path.into() };
+            families.datapath_packets.get_or_create(&labels).inc_by(0);
+        }
         families
+    }
+
+    /// `flowgate_datapath_packets_total{path}` from the kernel's running totals (in
+    /// `DATAPATH_PATHS` order). The first call sets the baseline: counts from before this agent
+    /// (a pinned datapath it adopted) are not exported again. A total that went down (a new
+    /// datapath) counts from zero.
+    pub(crate) fn set_datapath_paths(&self, totals: [u64; 2]) {
+        let mut seen = self
+            .datapath_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(last) = seen.as_ref() {
+            for ((path, now), before) in DATAPATH_PATHS.iter().zip(totals).zip(last) {
+                let delta = if now >= *before { now - before } else { now };
+                let labels = PathLabels {
+                    path: (*path).into(),
+                };
+                self.datapath_packets.get_or_create(&labels).inc_by(delta);
+            }
+        }
+        *seen = Some(totals);
     }
 
     /// `flowgate_map_entries` / `flowgate_map_capacity`: (map, entries, capacity).

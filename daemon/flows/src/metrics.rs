@@ -39,7 +39,7 @@ pub const EGRESS_TO_WORLD_TAG: &str = "egress_to_world";
 /// histogram without its `_bucket`/`_sum`/`_count` suffixes) and its type. A family with no
 /// series is left out of the exposition, so this list is what dashboards and alert rules are
 /// checked against; a test compares it with the exposition once every family has a series.
-pub const FAMILIES: [(&str, &str); 16] = [
+pub const FAMILIES: [(&str, &str); 17] = [
     ("flowgate_verdicts_total", "counter"),
     ("flowgate_denied_packets_total", "counter"),
     ("flowgate_namespace_flows_total", "counter"),
@@ -56,6 +56,7 @@ pub const FAMILIES: [(&str, &str); 16] = [
     ("flowgate_pods_unenforced", "gauge"),
     ("flowgate_map_entries", "gauge"),
     ("flowgate_map_capacity", "gauge"),
+    ("flowgate_datapath_packets_total", "counter"),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -713,6 +714,12 @@ impl Metrics {
     /// `flowgate_map_entries{map}` and `flowgate_map_capacity{map}`: (map, entries, capacity).
     pub fn set_map_fill(&self, maps: &[(&str, u64, u64)]) {
         self.agent.set_map_fill(maps);
+    }
+
+    /// `flowgate_datapath_packets_total{path}` from the datapath's running totals
+    /// (`agent_metrics::DATAPATH_PATHS` order: peer_judged, receiver_judged).
+    pub fn set_datapath_paths(&self, totals: [u64; 2]) {
+        self.agent.set_datapath_paths(totals);
     }
 
     /// `flowgate_pods_unenforced{reason}`: local pods not enforced, per reason.

@@ -684,3 +684,35 @@ fn agent_families_count_sync_latency_rejections_watch_errors_and_unenforced_pods
         "{text}"
     );
 }
+
+#[test]
+fn datapath_path_counters_follow_the_kernel_totals_from_a_baseline() {
+    let m = Metrics::new();
+    let has = |text: &str, path: &str, n: u64| {
+        text.contains(&format!(
+            "flowgate_datapath_packets_total{{path=\"{path}\"}} {n}"
+        ))
+    };
+    let text = encode(&m);
+    assert!(
+        has(&text, "peer_judged", 0) && has(&text, "receiver_judged", 0),
+        "{text}"
+    );
+    // The first totals are the baseline (an adopted datapath's earlier counts are not exported
+    // again); later ones add their increase.
+    m.set_datapath_paths([1000, 50]);
+    assert!(has(&encode(&m), "peer_judged", 0));
+    m.set_datapath_paths([1400, 60]);
+    let text = encode(&m);
+    assert!(
+        has(&text, "peer_judged", 400) && has(&text, "receiver_judged", 10),
+        "{text}"
+    );
+    // A new datapath counts from zero: its totals are added whole, the counter never goes down.
+    m.set_datapath_paths([7, 3]);
+    let text = encode(&m);
+    assert!(
+        has(&text, "peer_judged", 407) && has(&text, "receiver_judged", 13),
+        "{text}"
+    );
+}

@@ -19,7 +19,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes, or the meaning of a map's entries; carried in every
 /// event. A pinned datapath of another version is replaced, never adopted (`PinMeta`).
-pub const ABI_VERSION: u8 = 3;
+pub const ABI_VERSION: u8 = 4;
 
 /// Map names, as in the eBPF object.
 pub mod maps {
@@ -33,6 +33,7 @@ pub mod maps {
     pub const EVENTS: &str = "FG_EVENTS";
     pub const LOST: &str = "FG_LOST";
     pub const LOCAL_IPS: &str = "FG_LOCAL_IPS";
+    pub const STATS: &str = "FG_STATS";
 }
 
 /// Program names (at most 15 characters: the kernel truncates longer names).
@@ -280,18 +281,20 @@ pub const LOST_DENY: u32 = 1;
 pub const LOST_AUDIT: u32 = 2;
 pub const LOST_SLOTS: u32 = 3;
 
-/// Connection-tracking key: one local interface's view of a flow, in the direction of the
-/// packet that created it.
+/// Connection-tracking key: one local endpoint's view of a connection, the same for both of its
+/// directions: the addresses and ports as seen from the endpoint (`local_*` is the pod's side).
+/// A reply finds the entry its connection's first packet created with one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
+    /// Host-side interface of the local endpoint.
     pub ifindex: u32,
     pub proto: u8,
     pub _pad: [u8; 3],
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
 }
 
 #[repr(C)]
@@ -300,12 +303,48 @@ pub struct CtValue {
     /// Generation the connection was last allowed under; a different active generation
     /// makes the next packet re-check the policy.
     pub generation: u32,
-    /// Policy direction of the packet that created it.
+    /// Policy direction of the packet that created it: `DIR_EGRESS` when the local endpoint
+    /// opened the connection, `DIR_INGRESS` when the remote end did.
     pub direction: u8,
-    /// `verdict::ALLOW`, or `verdict::AUDIT_DENY` in audit mode.
+    /// `verdict::ALLOW`, or `verdict::AUDIT_DENY` in audit mode; `verdict::DENY` for a
+    /// connection a re-check denied: its packets are dropped both ways until a new SYN or a new
+    /// generation decides it again.
     pub verdict: u8,
     pub _pad: [u8; 2],
+    /// Same-node connections: the generation under which the other end's own hook (another
+    /// local endpoint, `peer_ifindex`) last passed this connection; 0 when not known. While it
+    /// equals `generation` and the active generation, packets this endpoint sends carry
+    /// `trust::MASK` and the other end's `fg_to_pod` does not judge them again.
+    pub peer_generation: u32,
+    /// Host-side interface of the other local endpoint.
+    pub peer_ifindex: u32,
     pub created_ns: u64,
+}
+
+/// How `fg_from_pod` tells the receiving pod's `fg_to_pod` on the same node what it found: two
+/// bits of the skb's mark, set at the sender's TC ingress hook and read and cleared at the
+/// receiver's TC egress hook, both in the node's network namespace. The kernel zeroes the mark
+/// when a packet crosses network namespaces (a veth into or out of a pod), so a pod cannot set
+/// them. No CNI or kube-proxy mode flowgate runs with uses these bits (kube-proxy uses 0x4000 and
+/// 0x8000, Calico 0xffff0000 by default, Cilium 0x0f00 and the upper half).
+pub mod trust {
+    /// The packet was judged by a sending endpoint's `fg_from_pod`. Alone: the receiving hook
+    /// judges it and, when it passes, records that in the sender's entry.
+    pub const SENT_BY_ENDPOINT: u32 = 0x10;
+    /// With `SENT_BY_ENDPOINT`: both ends of the connection passed it under the active
+    /// generation, so the receiving hook passes the packet without judging it again.
+    pub const PEER_JUDGED: u32 = 0x20;
+    /// Both bits: what `fg_to_pod` trusts, and what both programs clear.
+    pub const MASK: u32 = SENT_BY_ENDPOINT | PEER_JUDGED;
+}
+
+/// Datapath counters per CPU (`STATS`): how packets went through the programs.
+pub mod stats {
+    /// Packets `fg_to_pod` passed on the sending endpoint's judgement (`trust::MASK`).
+    pub const PEER_JUDGED: u32 = 0;
+    /// Packets `fg_to_pod` judged itself (conntrack or policy).
+    pub const JUDGED_AT_RECEIVER: u32 = 1;
+    pub const SLOTS: u32 = 2;
 }
 
 /// Key of the fragment map: the first fragment's ports, found by the IP ID.
@@ -369,7 +408,7 @@ const _: () = assert!(size_of::<PolicyKeyData>() == 12);
 const _: () = assert!(size_of::<FlowEvent>() == 88);
 const _: () = assert!(core::mem::align_of::<FlowEvent>() == 8);
 const _: () = assert!(size_of::<CtKey>() == 44);
-const _: () = assert!(size_of::<CtValue>() == 16);
+const _: () = assert!(size_of::<CtValue>() == 24);
 const _: () = assert!(size_of::<FragKey>() == 44);
 const _: () = assert!(size_of::<DedupValue>() == 32);
 const _: () = assert!(size_of::<Active>() == 8);

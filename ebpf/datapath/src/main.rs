@@ -25,7 +25,7 @@ use flowgate_abi::{
     ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, EndpointInfo, EndpointKey, FlowEvent,
     FragKey, FragValue, IpCacheValue, LOST_ALLOW, LOST_AUDIT, LOST_DENY, LOST_SLOTS, MODE_AUDIT,
     POLICY_PREFIX_FULL, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKeyData,
-    PolicyValue, capacity, event_flags, reason, verdict,
+    PolicyValue, capacity, event_flags, reason, stats, trust, verdict,
 };
 
 #[map]
@@ -68,6 +68,10 @@ static FG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 #[map]
 static FG_LOCAL_IPS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(capacity::LOCAL_IPS, 0);
 
+/// How packets went through the programs (`stats`), per CPU.
+#[map]
+static FG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::SLOTS, 0);
+
 /// Ring-buffer reserve failures per verdict class, per CPU: only the kernel can see them.
 #[map]
 static FG_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
@@ -92,13 +96,59 @@ const EVENT_REVERSED: u8 = 0x80;
 /// Packets the pod sends: decided by its egress policy.
 #[classifier]
 pub fn fg_from_pod(ctx: TcContext) -> i32 {
-    decide(&ctx, DIR_EGRESS)
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the program's context pointer, valid for the whole run.
+    let mark = unsafe { (*skb).mark };
+    if mark & trust::MASK != 0 {
+        // Never carry a hint this program did not set.
+        // SAFETY: as above; the mark is writable from TC programs.
+        unsafe { (*skb).mark = mark & !trust::MASK };
+    }
+    decide(&ctx, DIR_EGRESS, false)
 }
 
-/// Packets the pod receives: decided by its ingress policy.
+/// Packets the pod receives: decided by its ingress policy, unless both ends of a same-node
+/// connection already passed it under the active generation (`trust`).
 #[classifier]
 pub fn fg_to_pod(ctx: TcContext) -> i32 {
-    decide(&ctx, DIR_INGRESS)
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the program's context pointer, valid for the whole run.
+    let mark = unsafe { (*skb).mark };
+    let mut sent_by_endpoint = false;
+    if mark & trust::MASK != 0 {
+        // SAFETY: as above; the mark is writable from TC programs.
+        let from = unsafe {
+            (*skb).mark = mark & !trust::MASK;
+            (*skb).ingress_ifindex
+        };
+        // Forwarded from another interface (a pod's), not sent by the node itself.
+        if mark & trust::MASK == trust::MASK && from != 0 {
+            count(stats::PEER_JUDGED);
+            return TC_ACT_OK;
+        }
+        sent_by_endpoint = mark & trust::SENT_BY_ENDPOINT != 0;
+    }
+    count(stats::JUDGED_AT_RECEIVER);
+    decide(&ctx, DIR_INGRESS, sent_by_endpoint)
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(n) = FG_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot; TC programs do not preempt each other on one CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Sets the hint `fg_to_pod` reads (`trust`), keeping the mark's other bits; only
+/// `fg_from_pod` calls it.
+#[inline(always)]
+fn hint(ctx: &TcContext, value: u32) {
+    // SAFETY: `skb` is the program's context pointer; the mark is writable from TC programs.
+    unsafe {
+        let skb = ctx.skb.skb;
+        (*skb).mark = ((*skb).mark & !trust::MASK) | value;
+    }
 }
 
 /// The parsed packet; only plain scalars, so it survives helper calls on the stack.
@@ -124,8 +174,10 @@ struct Decision {
     identity: u32,
 }
 
+/// `sent_by_endpoint` (`fg_to_pod` only): the packet came from a local endpoint whose
+/// `fg_from_pod` judged it; when this hook passes it, the sender's entry learns that.
 #[inline(always)]
-fn decide(ctx: &TcContext, dir: u8) -> i32 {
+fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
     // SAFETY: `skb` is the program's context pointer, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(pkt) = parse(ctx, ifindex) else {
@@ -143,68 +195,101 @@ fn decide(ctx: &TcContext, dir: u8) -> i32 {
         // No snapshot applied yet.
         return TC_ACT_OK;
     }
-    let key = EndpointKey {
+    // The endpoint's view of the connection: one key for both directions. One key on the
+    // stack, reused below (the BPF stack is 512 bytes, and everything here is inlined into one
+    // frame).
+    let mut key = if dir == DIR_EGRESS {
+        CtKey {
+            ifindex,
+            proto: pkt.proto,
+            _pad: [0; 3],
+            local_port: pkt.src_port,
+            remote_port: pkt.dst_port,
+            local_addr: pkt.src,
+            remote_addr: pkt.dst,
+        }
+    } else {
+        CtKey {
+            ifindex,
+            proto: pkt.proto,
+            _pad: [0; 3],
+            local_port: pkt.dst_port,
+            remote_port: pkt.src_port,
+            local_addr: pkt.dst,
+            remote_addr: pkt.src,
+        }
+    };
+    // A TCP SYN always opens a new connection (a reused 5-tuple must not pass silently as an old
+    // one): it skips connection tracking and is decided, tracked and reported afresh.
+    let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // The connection's entry: one lookup decides an established packet, before anything else.
+    let mut stale: Option<u8> = None;
+    if !syn && let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: a valid map value pointer; plain integer fields.
+        let (ct_generation, opened, ct_verdict, peer_generation) = unsafe {
+            (
+                (*ct).generation,
+                (*ct).direction,
+                (*ct).verdict,
+                (*ct).peer_generation,
+            )
+        };
+        // Entries are only made for managed endpoints, and every change of the endpoints is a
+        // new generation: a current entry means a managed endpoint, without looking it up. A
+        // connection denied under this generation stays denied in both directions (only a new
+        // SYN or a new generation decides it again): re-checked below, dropped, counted.
+        if ct_generation == generation && ct_verdict != verdict::DENY {
+            if dir == DIR_EGRESS {
+                if peer_generation == generation {
+                    hint(ctx, trust::MASK);
+                } else {
+                    hint(ctx, trust::SENT_BY_ENDPOINT);
+                }
+            } else if sent_by_endpoint {
+                if peer_generation != generation {
+                    // The sender's hook passed it: it will pass this end's packets too.
+                    // SAFETY: as above.
+                    unsafe { (*ct).peer_generation = generation };
+                }
+                note_peer(ctx, &mut key, generation);
+            }
+            return TC_ACT_OK;
+        }
+        stale = Some(opened);
+    }
+    let ep_key = EndpointKey {
         ifindex,
         parity,
         _pad: [0; 3],
     };
     // SAFETY: the value is copied out at once.
-    let Some(ep) = (unsafe { FG_ENDPOINTS.get(&key) }) else {
+    let Some(ep) = (unsafe { FG_ENDPOINTS.get(&ep_key) }) else {
         // Not a pod flowgate manages (or not yet): pass.
         return TC_ACT_OK;
     };
     let ep = *ep;
 
-    // One key on the stack, turned around in place for the reply lookup (the BPF stack is 512
-    // bytes, and everything here is inlined into one frame).
-    let mut key = CtKey {
-        ifindex,
-        proto: pkt.proto,
-        _pad: [0; 3],
-        src_port: pkt.src_port,
-        dst_port: pkt.dst_port,
-        src_addr: pkt.src,
-        dst_addr: pkt.dst,
-    };
-    // A TCP SYN always opens a new connection (a reused 5-tuple must not pass silently as an old
-    // one): it skips connection tracking and is decided, tracked and reported afresh.
-    let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // An established connection in this direction.
-    if !syn && let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
-        // SAFETY: a valid map value pointer; plain integer fields.
-        let ct_generation = unsafe { (*ct).generation };
-        if ct_generation == ep.generation {
-            return TC_ACT_OK;
-        }
-        // The policy changed since: re-check this direction.
-        let d = policy(
+    if let Some(opened) = stale {
+        // The policy changed since: re-check the connection in the direction it was opened.
+        // Its remote end is `remote_addr`; the port asked for is the opened-to end's.
+        let port = if opened == DIR_EGRESS {
+            key.remote_port
+        } else {
+            key.local_port
+        };
+        let d = policy(&ep, opened, &pkt, key.remote_addr, port);
+        return recheck(
+            ctx,
             &ep,
+            opened,
             dir,
             &pkt,
-            remote_of(dir, &pkt.src, &pkt.dst),
-            pkt.dst_port,
+            &mut key,
+            d,
+            audit,
+            sent_by_endpoint,
         );
-        return recheck(&ep, dir, &pkt, &mut key, d, audit, false);
     }
-    // A reply: the connection was created by a packet the other way, at the other hook.
-    turn_around(&mut key);
-    if !syn && let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
-        // SAFETY: as above.
-        let ct_generation = unsafe { (*ct).generation };
-        if ct_generation == ep.generation {
-            return TC_ACT_OK;
-        }
-        let orig_dir = if dir == DIR_EGRESS {
-            DIR_INGRESS
-        } else {
-            DIR_EGRESS
-        };
-        // The original packet went pkt.dst -> pkt.src; its remote end is the non-local one.
-        let remote = remote_of(orig_dir, &pkt.dst, &pkt.src);
-        let d = policy(&ep, orig_dir, &pkt, remote, pkt.src_port);
-        return recheck(&ep, orig_dir, &pkt, &mut key, d, audit, true);
-    }
-    turn_around(&mut key);
 
     // A new flow. Into a pod: a flooded copy of a frame for another local pod is not ours.
     // SAFETY: the value is copied out at once.
@@ -214,69 +299,131 @@ fn decide(ctx: &TcContext, dir: u8) -> i32 {
     {
         return TC_ACT_OK;
     }
-    // A new flow.
-    let mut d = policy(
-        &ep,
-        dir,
-        &pkt,
-        remote_of(dir, &pkt.src, &pkt.dst),
-        pkt.dst_port,
-    );
+    let mut d = policy(&ep, dir, &pkt, key.remote_addr, pkt.dst_port);
     if d.allow {
-        track(&key, &ep, dir, verdict::ALLOW);
+        track(
+            &key,
+            &ep,
+            dir,
+            verdict::ALLOW,
+            peer(dir, &ep, sent_by_endpoint),
+        );
         emit(&ep, dir, &pkt, verdict::ALLOW, &d, (1, pkt.len), 0, 0);
+        passed(ctx, dir, &mut key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     if pkt.kind == KIND_FRAGMENT_UNKNOWN {
         d.reason = reason::FRAGMENT_UNKNOWN;
     }
     if audit {
-        track(&key, &ep, dir, verdict::AUDIT_DENY);
+        track(
+            &key,
+            &ep,
+            dir,
+            verdict::AUDIT_DENY,
+            peer(dir, &ep, sent_by_endpoint),
+        );
         emit(&ep, dir, &pkt, verdict::AUDIT_DENY, &d, (1, pkt.len), 0, 0);
+        passed(ctx, dir, &mut key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     deny(&ep, dir, &pkt, &mut key, &d, 0);
     TC_ACT_SHOT
 }
 
+/// The `peer_generation` of an entry a hook writes as it passes a packet: a packet into a pod
+/// that another local pod's `fg_from_pod` passed (`SENT_BY_ENDPOINT`: that end's entry is
+/// current and not denied) means the other end's `fg_to_pod` passes this end's packets too.
 #[inline(always)]
-fn turn_around(key: &mut CtKey) {
-    core::mem::swap(&mut key.src_addr, &mut key.dst_addr);
-    core::mem::swap(&mut key.src_port, &mut key.dst_port);
+fn peer(dir: u8, ep: &EndpointInfo, sent_by_endpoint: bool) -> u32 {
+    if dir == DIR_INGRESS && sent_by_endpoint {
+        ep.generation
+    } else {
+        0
+    }
 }
 
-/// The result of re-checking an established connection after a policy change.
-/// `reply`: the packet is a reply, `ct_key` and `dir` describe the original direction, and
-/// events report the original direction's addresses.
+/// After a hook passed a packet it judged: the sending hook marks it for the receiving one;
+/// the receiving hook records the pass in the sender's entry.
+#[inline(always)]
+fn passed(ctx: &TcContext, dir: u8, key: &mut CtKey, generation: u32, sent_by_endpoint: bool) {
+    if dir == DIR_EGRESS {
+        hint(ctx, trust::SENT_BY_ENDPOINT);
+    } else if sent_by_endpoint {
+        note_peer(ctx, key, generation);
+    }
+}
+
+/// `fg_to_pod` passed a packet that another local endpoint sent (it came in through that
+/// endpoint's interface, `ingress_ifindex`): in the sender's entry for the connection, record
+/// that this end passed it under `generation`. The sender's later packets then carry
+/// `trust::PEER_JUDGED`. `key` is this endpoint's key; it is turned into the sender's.
+#[inline(always)]
+fn note_peer(ctx: &TcContext, key: &mut CtKey, generation: u32) {
+    // SAFETY: `skb` is the program's context pointer.
+    let (sender, receiver) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
+    key.ifindex = sender;
+    core::mem::swap(&mut key.local_addr, &mut key.remote_addr);
+    core::mem::swap(&mut key.local_port, &mut key.remote_port);
+    if let Some(ct) = FG_CONNTRACK.get_ptr_mut(&*key) {
+        // SAFETY: a valid map value pointer; plain integer fields. A race with the sender's
+        // own update can only leave the hint unset (the sender re-stamps its entry afresh).
+        unsafe {
+            if (*ct).generation == generation && (*ct).verdict != verdict::DENY {
+                (*ct).peer_generation = generation;
+                (*ct).peer_ifindex = receiver;
+            }
+        }
+    }
+}
+
+/// The result of re-checking an established connection after a policy change. `opened` is
+/// the direction the connection was opened in (the decision's), `dir` the packet's; events of
+/// a reply report the opening direction's addresses.
 #[inline(always)]
 #[allow(
     clippy::too_many_arguments,
     reason = "all scalars or borrowed; a struct would cost BPF stack"
 )]
 fn recheck(
+    ctx: &TcContext,
     ep: &EndpointInfo,
+    opened: u8,
     dir: u8,
     pkt: &Packet,
     ct_key: &mut CtKey,
     mut d: Decision,
     audit: bool,
-    reply: bool,
+    sent_by_endpoint: bool,
 ) -> i32 {
     if d.allow {
-        track(ct_key, ep, dir, verdict::ALLOW);
+        track(
+            ct_key,
+            ep,
+            opened,
+            verdict::ALLOW,
+            peer(dir, ep, sent_by_endpoint),
+        );
+        passed(ctx, dir, ct_key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     d.reason = reason::RECHECK_DENY;
-    let flags = if reply {
+    let flags = if opened != dir {
         event_flags::RECHECK | EVENT_REVERSED
     } else {
         event_flags::RECHECK
     };
     if audit {
-        track(ct_key, ep, dir, verdict::AUDIT_DENY);
+        track(
+            ct_key,
+            ep,
+            opened,
+            verdict::AUDIT_DENY,
+            peer(dir, ep, sent_by_endpoint),
+        );
         emit(
             ep,
-            dir,
+            opened,
             pkt,
             verdict::AUDIT_DENY,
             &d,
@@ -284,16 +431,14 @@ fn recheck(
             0,
             flags,
         );
+        passed(ctx, dir, ct_key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
-    let _ = FG_CONNTRACK.remove(&*ct_key);
-    deny(ep, dir, pkt, ct_key, &d, flags);
+    // Kept, as denied: a later packet of the connection, either way, is dropped too. Removing
+    // it would let the other end's next packet open the connection afresh as a new flow.
+    track(ct_key, ep, opened, verdict::DENY, 0);
+    deny(ep, opened, pkt, ct_key, &d, flags);
     TC_ACT_SHOT
-}
-
-#[inline(always)]
-fn remote_of(dir: u8, src: &[u8; 16], dst: &[u8; 16]) -> [u8; 16] {
-    if dir == DIR_EGRESS { *dst } else { *src }
 }
 
 /// The policy decision for one direction of the endpoint: not isolated, or the LPM lookups.
@@ -340,12 +485,14 @@ fn policy(ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: [u8; 16], port: u16)
 }
 
 #[inline(always)]
-fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8) {
+fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8, peer_generation: u32) {
     let value = CtValue {
         generation: ep.generation,
         direction: dir,
         verdict: v,
         _pad: [0; 2],
+        peer_generation,
+        peer_ifindex: 0,
         // SAFETY: no preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
@@ -567,24 +714,23 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         return Some(pkt);
     }
 
-    // The L4 header sits at a variable offset (IHL, IPv6 extension headers) that the verifier
-    // does not range-check for direct reads: one helper copy per header instead (the fixed
-    // IP header fields above are read directly).
+    // The L4 header: read directly at the two usual offsets, else one helper copy (see
+    // `load_l4`).
     match pkt.proto {
         PROTO_TCP => {
             // Ports and the flags byte (offset 13) in one copy.
-            let hdr: [u8; 14] = ctx.load(l4).ok()?;
+            let hdr: [u8; 14] = load_l4(ctx, l4)?;
             pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
             pkt.tcp_flags = hdr[13];
         }
         PROTO_UDP | PROTO_SCTP => {
-            let ports: [u8; 4] = ctx.load(l4).ok()?;
+            let ports: [u8; 4] = load_l4(ctx, l4)?;
             pkt.src_port = u16::from_be_bytes([ports[0], ports[1]]);
             pkt.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
         }
         PROTO_ICMP => {
-            let hdr: [u8; 8] = ctx.load(l4).ok()?;
+            let hdr: [u8; 8] = load_l4(ctx, l4)?;
             match hdr[0] {
                 // Echo request / reply: the identifier tracks the exchange like a port.
                 0 | 8 => {
@@ -598,7 +744,7 @@ fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
             }
         }
         PROTO_ICMPV6 => {
-            let hdr: [u8; 8] = ctx.load(l4).ok()?;
+            let hdr: [u8; 8] = load_l4(ctx, l4)?;
             match hdr[0] {
                 128 | 129 => {
                     let id = u16::from_be_bytes([hdr[4], hdr[5]]);
@@ -649,6 +795,20 @@ fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     // SAFETY: the bytes [ptr, ptr + size_of::<T>()) are inside the packet's linear data
     // (checked above); T is plain bytes or integers, read unaligned.
     Some(unsafe { ptr.read_unaligned() })
+}
+
+/// The L4 header at `l4`. Direct reads need an offset the verifier can range-check, so the
+/// two usual offsets (IPv4 without options, IPv6 without extension headers) are constants
+/// here; any other offset (IP options, extension headers) takes one `bpf_skb_load_bytes`.
+#[inline(always)]
+fn load_l4<T: Copy>(ctx: &TcContext, l4: usize) -> Option<T> {
+    if l4 == ETH_HLEN + 20 {
+        load(ctx, ETH_HLEN + 20)
+    } else if l4 == ETH_HLEN + 40 {
+        load(ctx, ETH_HLEN + 40)
+    } else {
+        ctx.load(l4).ok()
+    }
 }
 
 #[inline(always)]

@@ -389,18 +389,19 @@ impl Bench {
         );
         let mut header = vec!["path".to_owned()];
         header.extend(paths.iter().map(|(c, _)| format!("({c}) maps")));
-        let lines: [(&str, PathOf); 5] = [
+        let lines: [(&str, PathOf); 6] = [
             ("ARP: one load, not IP, pass", |p| p.not_ip),
             ("TCP before any snapshot: full parse + FG_ACTIVE", |p| {
                 p.parse_only
             }),
             (
-                "TCP established: parse + FG_ACTIVE + FG_ENDPOINTS + 1 conntrack hit",
+                "TCP established: parse + FG_ACTIVE + 1 conntrack hit + mark",
                 |p| p.established,
             ),
+            ("TCP reply, at the other hook: the same entry", |p| p.reply),
             (
-                "TCP reply: the same + 1 conntrack miss before the hit",
-                |p| p.reply,
+                "fg_to_pod, same-node packet both ends passed: the mark + a counter",
+                |p| p.trusted,
             ),
             (
                 "TCP SYN: parse + lookups + IP-cache LPM + policy LPM + conntrack update + event",

@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
 use aya::{TestRun as _, TestRunOptions};
-use flowgate::datapath::{Datapath, LoadOptions};
-use flowgate_abi::programs;
+use flowgate::datapath::{Datapath, LoadOptions, skb_context};
+use flowgate_abi::{programs, trust};
 use flowgate_policy::Cluster;
 use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile};
 use flowgate_policy::maps::{Mode, diff};
@@ -30,11 +30,13 @@ pub struct Paths {
     pub not_ip: f64,
     /// A TCP segment before any snapshot: the whole parse, then `FG_ACTIVE` says generation 0.
     pub parse_only: f64,
-    /// An established segment in the direction that opened it: parse, `FG_ACTIVE`,
-    /// `FG_ENDPOINTS`, one conntrack hit.
+    /// An established segment in the direction that opened it: parse, `FG_ACTIVE`, one
+    /// conntrack hit, the mark for the receiver.
     pub established: f64,
-    /// A reply segment: the same with a conntrack miss first, then the hit on the turned key.
+    /// A reply segment, at the other hook: the same entry (one key for both directions).
     pub reply: f64,
+    /// `fg_to_pod` on a segment the sender marked as judged by both ends: the mark, a counter.
+    pub trusted: f64,
     /// A SYN: parse, `FG_ACTIVE`, `FG_ENDPOINTS`, the two LPM lookups (IP cache, policy), a
     /// conntrack update and a ring-buffer event.
     pub new_flow: f64,
@@ -66,12 +68,24 @@ fn arp_frame() -> Vec<u8> {
 
 /// Median over `SAMPLES` test runs of `repeat` iterations, in ns per iteration.
 fn time(dp: &mut Datapath, program: &'static str, frame: &[u8], repeat: u32) -> Result<f64> {
+    time_in(dp, program, frame, &skb_context(0, 0), repeat)
+}
+
+/// `time` with a context (`skb_context`): the skb's mark and ingress interface.
+fn time_in(
+    dp: &mut Datapath,
+    program: &'static str,
+    frame: &[u8],
+    ctx: &[u8],
+    repeat: u32,
+) -> Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..SAMPLES {
         let result = dp
             .program(program)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
+                ctx_in: Some(ctx),
                 repeat,
                 ..TestRunOptions::default()
             })
@@ -113,6 +127,20 @@ pub fn paths(cluster: &Cluster, repeat: u32) -> Result<Paths> {
     // The last SYN left the connection tracked: the rest is established traffic.
     let established = time(&mut dp, programs::FROM_POD, &request, repeat)?;
     let reply = time(&mut dp, programs::TO_POD, &response, repeat)?;
+    // A segment from another local pod (ingress interface 2) that both ends had passed. The
+    // program clears the mark it trusts, and a repeated test run reuses the skb: so one run per
+    // call, the median of many (the kernel times the run alone, not the syscall).
+    let mut single = Vec::new();
+    for _ in 0..501 {
+        single.push(time_in(
+            &mut dp,
+            programs::TO_POD,
+            &response,
+            &skb_context(trust::MASK, 2),
+            1,
+        )?);
+    }
+    let trusted = median(&single);
     let lost: u64 = dp.lost_events()?.iter().sum();
     if lost > 0 {
         bail!("{lost} events were lost during the SYN runs: the new-flow figure is too low");
@@ -122,6 +150,7 @@ pub fn paths(cluster: &Cluster, repeat: u32) -> Result<Paths> {
         parse_only,
         established,
         reply,
+        trusted,
         new_flow,
     })
 }

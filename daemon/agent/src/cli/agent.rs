@@ -515,6 +515,12 @@ impl Pump {
                 services.fanout.publish(Record::Gap(gap));
             }
             services.metrics.sinks(&services.fanout.stats());
+            if let Ok(p) = node.path_stats() {
+                services
+                    .metrics
+                    .flows()
+                    .set_datapath_paths([p.peer_judged, p.judged_at_receiver]);
+            }
         }
         if !self.heartbeat.is_zero() && self.last_heartbeat.elapsed() >= self.heartbeat {
             self.last_heartbeat = Instant::now();

@@ -21,7 +21,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use flowgate_abi::{
     Active, EndpointInfo, EndpointKey, IpCacheKey, IpCacheValue, LOST_SLOTS, PolicyKey,
-    PolicyKeyData, PolicyValue, maps, programs,
+    PolicyKeyData, PolicyValue, maps, programs, stats,
 };
 use flowgate_policy::compile::Snapshot;
 use flowgate_policy::maps::{MapOp, Mode, diff};
@@ -132,6 +132,37 @@ impl Default for LoadOptions {
     }
 }
 
+/// Size of the kernel's `struct __sk_buff` (the context of TC programs), as
+/// `BPF_PROG_TEST_RUN` copies it back.
+pub const SKB_CONTEXT_BYTES: usize = 192;
+
+/// A `struct __sk_buff` for `BPF_PROG_TEST_RUN` of the programs, with the two fields the
+/// programs read besides the packet: `mark` (`flowgate_abi::trust`) and `ingress_ifindex` (the
+/// interface the packet came in on; 0: sent by the node itself). The kernel takes every other
+/// field as zero; `ifindex` 0 gives the skb the loopback device.
+pub fn skb_context(mark: u32, ingress_ifindex: u32) -> [u8; SKB_CONTEXT_BYTES] {
+    // Offsets in the UAPI struct: len, pkt_type, mark (8), ..., ingress_ifindex (36).
+    let mut ctx = [0u8; SKB_CONTEXT_BYTES];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx
+}
+
+/// The `mark` of a context `BPF_PROG_TEST_RUN` copied back (see `skb_context`).
+pub fn skb_context_mark(ctx: &[u8; SKB_CONTEXT_BYTES]) -> u32 {
+    u32::from_ne_bytes([ctx[8], ctx[9], ctx[10], ctx[11]])
+}
+
+/// The programs' counters (see `Datapath::path_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// Packets into a pod that `fg_to_pod` passed because both ends of their same-node
+    /// connection had passed it under the active generation (one judgement per packet).
+    pub peer_judged: u64,
+    /// Packets into a pod that `fg_to_pod` looked at itself.
+    pub judged_at_receiver: u64,
+}
+
 /// The loaded object with both programs loaded (not attached) and the policy maps taken.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -140,6 +171,8 @@ pub struct Datapath {
     ipcache: LpmTrie<MapData, [u8; 16], IpCacheValue>,
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
     lost: PerCpuArray<MapData, u64>,
+    /// How packets went through the programs (`flowgate_abi::stats`).
+    stats: PerCpuArray<MapData, u64>,
     /// Local pods' addresses -> their interface (see the eBPF `FG_LOCAL_IPS`).
     local_ips: HashMap<MapData, [u8; 16], u32>,
     /// `lost` as of the last gap report (`take_lost`).
@@ -202,6 +235,7 @@ impl Datapath {
             ipcache: take(&mut ebpf, maps::IPCACHE)?,
             policy: take(&mut ebpf, maps::POLICY)?,
             lost: take(&mut ebpf, maps::LOST)?,
+            stats: take(&mut ebpf, maps::STATS)?,
             local_ips: take(&mut ebpf, maps::LOCAL_IPS)?,
             ebpf,
             reported_lost: [0; LOST_SLOTS as usize],
@@ -368,6 +402,20 @@ impl Datapath {
             *total = per_cpu.iter().sum();
         }
         Ok(out)
+    }
+
+    /// The programs' counters (`flowgate_abi::stats`), summed over CPUs: how many packets
+    /// `fg_to_pod` passed on the sending endpoint's judgement, and how many it judged itself.
+    /// Pinned, they count since the pinned maps were created.
+    pub fn path_stats(&self) -> Result<PathStats, DatapathError> {
+        let read = |slot: u32| -> Result<u64, DatapathError> {
+            let per_cpu = self.stats.get(&slot, 0).map_err(map_err(maps::STATS))?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(PathStats {
+            peer_judged: read(stats::PEER_JUDGED)?,
+            judged_at_receiver: read(stats::JUDGED_AT_RECEIVER)?,
+        })
     }
 
     /// Ring-buffer losses (allow, deny, audit) not reported yet, for a gap record: the losses

@@ -248,7 +248,22 @@ impl Datapath {
                 break;
             };
             let path = p.pins.link_path(ifindex, hook);
-            let existing = pin::read_link_pin(&path)?;
+            let existing = match pin::read_link_pin(&path)? {
+                // A pin of this name may be stale: a link of an interface (or a network
+                // namespace) that is gone, whose ifindex a new interface reuses. Updating it
+                // would fail; it is removed and the hook attached afresh.
+                Some(LinkPin::Tcx(pinned)) => {
+                    let link = FdLink::from(pinned);
+                    if pin::tcx_link_is_at(&link, iface, attach) {
+                        pin::read_link_pin(&path)?
+                    } else {
+                        drop(link);
+                        pin::remove_link_pin(&path)?;
+                        None
+                    }
+                }
+                other => other,
+            };
             if matches!(p.state, State::Replaced(_))
                 && p.meta.is_none()
                 && let Some(old) = &existing
@@ -290,8 +305,13 @@ impl Datapath {
             let existing = pin::read_link_pin(&d.path)?;
             let (iface, prog, attach, mode, path) = (&d.iface, d.prog, d.attach, d.mode, &d.path);
             pin::in_netns(&d.netns, || {
-                // Checked when it was deferred.
-                attach_hook(program, prog, iface, attach, mode, path, existing, false)
+                if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
+                    // The interface went away since: nothing to switch.
+                    drop(existing);
+                    return pin::remove_link_pin(path).map(|()| Attached::Tcx);
+                }
+                // Checked again: the link may have gone stale since it was deferred.
+                attach_hook(program, prog, iface, attach, mode, path, existing, true)
             })??;
             p.deferred.remove(0);
         }
