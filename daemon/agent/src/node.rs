@@ -91,41 +91,30 @@ impl Node {
         node_name: &str,
         tc: TcMode,
     ) -> Result<Self, NodeError> {
-        let mut datapath = Datapath::load(&LoadOptions::default())?;
-        let ring = datapath.take_events()?;
+        let mut node = Self::on_host(mode, node_name, &LoadOptions::default())?;
         let pods: Vec<(String, String, u32)> = lab
             .endpoints()
             .filter(|e| e.kind == EndpointKind::Pod)
             .map(|e| (e.key.to_owned(), e.host_ifname.to_owned(), e.host_ifindex))
             .collect();
-        let local_ips = lab
+        node.local_ips = lab
             .endpoints()
             .filter(|e| e.kind == EndpointKind::Pod)
             .map(|e| (e.key.to_owned(), e.ips.to_vec()))
             .collect();
-        let attached = lab.in_node(|| -> Result<Option<Attached>, DatapathError> {
+        let datapath = &mut node.datapath;
+        node.attached = lab.in_node(|| -> Result<Option<Attached>, DatapathError> {
             let mut how = None;
             for (_, ifname, _) in &pods {
                 how = Some(datapath.attach_pod_interface(ifname, tc)?);
             }
             Ok(how)
         })??;
-        let locals = pods
+        node.locals = pods
             .into_iter()
             .map(|(pod, _, ifindex)| LocalEndpoint { pod, ifindex })
             .collect();
-        Ok(Self {
-            datapath,
-            ring,
-            snapshot: Snapshot::default(),
-            enricher: Enricher::new(node_name, realtime_offset_ns()),
-            mode,
-            locals,
-            local_ips,
-            attached,
-            reader: ReaderStats::default(),
-            record_labels: Vec::new(),
-        })
+        Ok(node)
     }
 
     /// Loads the datapath for the node the agent runs on (the calling thread's network

@@ -35,15 +35,6 @@ use flowgate::lab::{Lab, LabSpec};
 use harness::*;
 use serde_json::{Value, json};
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, veths, eBPF, bpffs)");
-            return;
-        }
-    };
-}
-
 #[test]
 fn the_agent_follows_the_api_server_and_enforces_on_real_traffic() {
     require_root!();

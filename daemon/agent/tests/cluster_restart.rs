@@ -30,15 +30,6 @@ use flowgate_policy::model::Protocol;
 use harness::*;
 use serde_json::{Value, json};
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, veths, eBPF, bpffs)");
-            return;
-        }
-    };
-}
-
 /// Enforcement survives the agent: killed with SIGKILL during traffic, its pinned programs
 /// keep the policy in force (denied stays denied, allowed stays allowed); the next agent
 /// adopts them, says so with a `restart` gap record, and events resume. `--cleanup` then

@@ -312,12 +312,11 @@ pub struct CtValue {
     pub verdict: u8,
     pub _pad: [u8; 2],
     /// Same-node connections: the generation under which the other end's own hook (another
-    /// local endpoint, `peer_ifindex`) last passed this connection; 0 when not known. While it
+    /// local endpoint's `fg_to_pod`) last passed this connection; 0 when not known. While it
     /// equals `generation` and the active generation, packets this endpoint sends carry
     /// `trust::MASK` and the other end's `fg_to_pod` does not judge them again.
     pub peer_generation: u32,
-    /// Host-side interface of the other local endpoint.
-    pub peer_ifindex: u32,
+    pub _pad2: u32,
     pub created_ns: u64,
 }
 

@@ -335,12 +335,11 @@ fn passed(ctx: &TcContext, dir: u8, key: &mut CtKey, generation: u32, sent_by_en
 /// `fg_to_pod` passed a packet that another local endpoint sent (it came in through that
 /// endpoint's interface, `ingress_ifindex`): in the sender's entry for the connection, record
 /// that this end passed it under `generation`. The sender's later packets then carry
-/// `trust::PEER_JUDGED`. `key` is this endpoint's key; it is turned into the sender's.
+/// `trust::MASK`. `key` is this endpoint's key; it is turned into the sender's.
 #[inline(always)]
 fn note_peer(ctx: &TcContext, key: &mut CtKey, generation: u32) {
     // SAFETY: `skb` is the program's context pointer.
-    let (sender, receiver) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
-    key.ifindex = sender;
+    key.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     core::mem::swap(&mut key.local_addr, &mut key.remote_addr);
     core::mem::swap(&mut key.local_port, &mut key.remote_port);
     if let Some(ct) = FG_CONNTRACK.get_ptr_mut(&*key) {
@@ -349,7 +348,6 @@ fn note_peer(ctx: &TcContext, key: &mut CtKey, generation: u32) {
         unsafe {
             if (*ct).generation == generation && (*ct).verdict != verdict::DENY {
                 (*ct).peer_generation = generation;
-                (*ct).peer_ifindex = receiver;
             }
         }
     }
@@ -470,7 +468,7 @@ fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8, peer_generation: u32) {
         verdict: v,
         _pad: [0; 2],
         peer_generation,
-        peer_ifindex: 0,
+        _pad2: 0,
         // SAFETY: no preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
     };

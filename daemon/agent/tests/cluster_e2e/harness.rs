@@ -23,6 +23,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Returns from the test, saying so, when it cannot run (not root).
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (network namespaces, veths, eBPF, bpffs)");
+            return;
+        }
+    };
+}
+pub(crate) use require_root;
+
 pub const NODE: &str = "n1";
 
 pub fn namespace(name: &str) -> Value {
