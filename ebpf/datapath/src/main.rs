@@ -82,8 +82,10 @@ const TCP_ACK: u8 = 0x10;
 /// Internal `emit` flag (never in an event): report the packet's addresses turned around.
 const EVENT_REVERSED: u8 = 0x80;
 
+mod keys;
 mod parse;
 
+use keys::{as_bytes, ct_key, ct_value, endpoint_key, policy_key};
 use parse::{KIND_FRAGMENT_UNKNOWN, KIND_PASS, Packet, parse};
 
 /// Packets the pod sends: decided by its egress policy.
@@ -150,6 +152,9 @@ struct Decision {
     reason: u8,
     attribution: u32,
     identity: u32,
+    /// `bpf_ktime_get_ns` when it was made: the one clock read of a decided packet, for its
+    /// conntrack entry and its event.
+    now: u64,
 }
 
 /// `sent_by_endpoint` (`fg_to_pod` only): the packet came from a local endpoint whose
@@ -177,25 +182,23 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
     // stack, reused below (the BPF stack is 512 bytes, and everything here is inlined into one
     // frame).
     let mut key = if dir == DIR_EGRESS {
-        CtKey {
+        ct_key(
             ifindex,
-            proto: pkt.proto,
-            _pad: [0; 3],
-            local_port: pkt.src_port,
-            remote_port: pkt.dst_port,
-            local_addr: pkt.src,
-            remote_addr: pkt.dst,
-        }
+            pkt.proto,
+            pkt.src_port,
+            pkt.dst_port,
+            pkt.src,
+            pkt.dst,
+        )
     } else {
-        CtKey {
+        ct_key(
             ifindex,
-            proto: pkt.proto,
-            _pad: [0; 3],
-            local_port: pkt.dst_port,
-            remote_port: pkt.src_port,
-            local_addr: pkt.dst,
-            remote_addr: pkt.src,
-        }
+            pkt.proto,
+            pkt.dst_port,
+            pkt.src_port,
+            pkt.dst,
+            pkt.src,
+        )
     };
     // A TCP SYN always opens a new connection (a reused 5-tuple must not pass silently as an old
     // one): it skips connection tracking and is decided, tracked and reported afresh.
@@ -229,17 +232,13 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
                     // SAFETY: as above.
                     unsafe { (*ct).peer_generation = generation };
                 }
-                note_peer(ctx, &mut key, generation);
+                note_peer(ctx, &pkt, &mut key, generation);
             }
             return TC_ACT_OK;
         }
         stale = Some(opened);
     }
-    let ep_key = EndpointKey {
-        ifindex,
-        parity,
-        _pad: [0; 3],
-    };
+    let ep_key = endpoint_key(ifindex, parity);
     // SAFETY: the value is copied out at once.
     let Some(ep) = (unsafe { FG_ENDPOINTS.get(&ep_key) }) else {
         // Not a pod flowgate manages (or not yet): pass.
@@ -255,7 +254,7 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
         } else {
             key.local_port
         };
-        let d = policy(&ep, opened, &pkt, key.remote_addr, port);
+        let d = policy(&ep, opened, &pkt, &key.remote_addr, port);
         return recheck(
             ctx,
             &ep,
@@ -272,12 +271,12 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
     // A new flow. Into a pod: a flooded copy of a frame for another local pod is not ours.
     // SAFETY: the value is copied out at once.
     if dir == DIR_INGRESS
-        && let Some(owner) = unsafe { FG_LOCAL_IPS.get(&pkt.dst) }
+        && let Some(owner) = unsafe { FG_LOCAL_IPS.get(as_bytes(&pkt.dst)) }
         && *owner != ifindex
     {
         return TC_ACT_OK;
     }
-    let mut d = policy(&ep, dir, &pkt, key.remote_addr, pkt.dst_port);
+    let mut d = policy(&ep, dir, &pkt, &key.remote_addr, pkt.dst_port);
     if d.allow {
         track(
             &key,
@@ -285,9 +284,10 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
             dir,
             verdict::ALLOW,
             peer(dir, &ep, sent_by_endpoint),
+            d.now,
         );
         emit(&ep, dir, &pkt, verdict::ALLOW, &d, (1, pkt.len), 0, 0);
-        passed(ctx, dir, &mut key, ep.generation, sent_by_endpoint);
+        passed(ctx, dir, &pkt, &mut key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     if pkt.kind == KIND_FRAGMENT_UNKNOWN {
@@ -300,9 +300,10 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
             dir,
             verdict::AUDIT_DENY,
             peer(dir, &ep, sent_by_endpoint),
+            d.now,
         );
         emit(&ep, dir, &pkt, verdict::AUDIT_DENY, &d, (1, pkt.len), 0, 0);
-        passed(ctx, dir, &mut key, ep.generation, sent_by_endpoint);
+        passed(ctx, dir, &pkt, &mut key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     deny(&ep, dir, &pkt, &mut key, &d, 0);
@@ -324,24 +325,38 @@ fn peer(dir: u8, ep: &EndpointInfo, sent_by_endpoint: bool) -> u32 {
 /// After a hook passed a packet it judged: the sending hook marks it for the receiving one;
 /// the receiving hook records the pass in the sender's entry.
 #[inline(always)]
-fn passed(ctx: &TcContext, dir: u8, key: &mut CtKey, generation: u32, sent_by_endpoint: bool) {
+fn passed(
+    ctx: &TcContext,
+    dir: u8,
+    pkt: &Packet,
+    key: &mut CtKey,
+    generation: u32,
+    sent_by_endpoint: bool,
+) {
     if dir == DIR_EGRESS {
         hint(ctx, trust::SENT_BY_ENDPOINT);
     } else if sent_by_endpoint {
-        note_peer(ctx, key, generation);
+        note_peer(ctx, pkt, key, generation);
     }
 }
 
 /// `fg_to_pod` passed a packet that another local endpoint sent (it came in through that
 /// endpoint's interface, `ingress_ifindex`): in the sender's entry for the connection, record
 /// that this end passed it under `generation`. The sender's later packets then carry
-/// `trust::MASK`. `key` is this endpoint's key; it is turned into the sender's.
+/// `trust::MASK`. `key` is this endpoint's key, overwritten with the sender's (the packet as
+/// the sender's egress sees it).
 #[inline(always)]
-fn note_peer(ctx: &TcContext, key: &mut CtKey, generation: u32) {
+fn note_peer(ctx: &TcContext, pkt: &Packet, key: &mut CtKey, generation: u32) {
     // SAFETY: `skb` is the program's context pointer.
-    key.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    core::mem::swap(&mut key.local_addr, &mut key.remote_addr);
-    core::mem::swap(&mut key.local_port, &mut key.remote_port);
+    let sender = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    *key = ct_key(
+        sender,
+        pkt.proto,
+        pkt.src_port,
+        pkt.dst_port,
+        pkt.src,
+        pkt.dst,
+    );
     if let Some(ct) = FG_CONNTRACK.get_ptr_mut(&*key) {
         // SAFETY: a valid map value pointer; plain integer fields. A race with the sender's
         // own update can only leave the hint unset (the sender re-stamps its entry afresh).
@@ -379,8 +394,9 @@ fn recheck(
             opened,
             verdict::ALLOW,
             peer(dir, ep, sent_by_endpoint),
+            d.now,
         );
-        passed(ctx, dir, ct_key, ep.generation, sent_by_endpoint);
+        passed(ctx, dir, pkt, ct_key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     d.reason = reason::RECHECK_DENY;
@@ -396,6 +412,7 @@ fn recheck(
             opened,
             verdict::AUDIT_DENY,
             peer(dir, ep, sent_by_endpoint),
+            d.now,
         );
         emit(
             ep,
@@ -407,71 +424,61 @@ fn recheck(
             0,
             flags,
         );
-        passed(ctx, dir, ct_key, ep.generation, sent_by_endpoint);
+        passed(ctx, dir, pkt, ct_key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     // Kept, as denied: a later packet of the connection, either way, is dropped too. Removing
     // it would let the other end's next packet open the connection afresh as a new flow.
-    track(ct_key, ep, opened, verdict::DENY, 0);
+    track(ct_key, ep, opened, verdict::DENY, 0, d.now);
     deny(ep, opened, pkt, ct_key, &d, flags);
     TC_ACT_SHOT
 }
 
 /// The policy decision for one direction of the endpoint: not isolated, or the LPM lookups.
 #[inline(always)]
-fn policy(ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: [u8; 16], port: u16) -> Decision {
+fn policy(ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: &[u8; 16], port: u16) -> Decision {
     let (flag, table) = if dir == DIR_EGRESS {
         (ENDPOINT_EGRESS_ISOLATED, ep.egress_table)
     } else {
         (ENDPOINT_INGRESS_ISOLATED, ep.ingress_table)
     };
-    let identity = match FG_IPCACHE.get(Key::new(128, remote)) {
+    let identity = match FG_IPCACHE.get(Key::new(128, *remote)) {
         Some(v) => v.identity,
         None => 0,
     };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     if ep.flags & flag == 0 {
         return Decision {
             allow: true,
             reason: reason::NOT_ISOLATED,
             attribution: 0,
             identity,
+            now,
         };
     }
-    let data = PolicyKeyData {
-        table: table.to_be_bytes(),
-        identity: identity.to_be_bytes(),
-        proto: pkt.proto,
-        _pad: 0,
-        port: port.to_be_bytes(),
-    };
+    let data = policy_key(table, identity, pkt.proto, port);
     match FG_POLICY.get(Key::new(POLICY_PREFIX_FULL, data)) {
         Some(v) => Decision {
             allow: true,
             reason: reason::RULE_ALLOW,
             attribution: v.attribution,
             identity,
+            now,
         },
         None => Decision {
             allow: false,
             reason: reason::DEFAULT_DENY,
             attribution: 0,
             identity,
+            now,
         },
     }
 }
 
 #[inline(always)]
-fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8, peer_generation: u32) {
-    let value = CtValue {
-        generation: ep.generation,
-        direction: dir,
-        verdict: v,
-        _pad: [0; 2],
-        peer_generation,
-        _pad2: 0,
-        // SAFETY: no preconditions.
-        created_ns: unsafe { bpf_ktime_get_ns() },
-    };
+fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8, peer_generation: u32, now: u64) {
+    let value = ct_value(ep.generation, dir, v, peer_generation, now);
     let _ = FG_CONNTRACK.insert(key, &value, 0);
 }
 
@@ -482,8 +489,7 @@ fn deny(ep: &EndpointInfo, dir: u8, pkt: &Packet, key: &mut CtKey, d: &Decision,
     // The dedup key is the flow plus the reason (in the pad byte); `key` is not used after this.
     key._pad[0] = d.reason;
     let dkey = &*key;
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = d.now;
     match FG_DENY_DEDUP.get_ptr_mut(dkey) {
         Some(state) => {
             // SAFETY: a valid map value pointer; plain integer fields; races between CPUs can
@@ -564,8 +570,7 @@ fn emit(
         }
         return;
     };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = d.now;
     let ev = entry.as_mut_ptr();
     let reversed = flags & EVENT_REVERSED != 0;
     // SAFETY: `ev` points at the reserved record, sized and aligned for a FlowEvent; every field
@@ -589,13 +594,13 @@ fn emit(
         if reversed {
             (*ev).src_port = pkt.dst_port;
             (*ev).dst_port = pkt.src_port;
-            (*ev).src_addr = pkt.dst;
-            (*ev).dst_addr = pkt.src;
+            (*ev).src_addr = keys::bytes(pkt.dst);
+            (*ev).dst_addr = keys::bytes(pkt.src);
         } else {
             (*ev).src_port = pkt.src_port;
             (*ev).dst_port = pkt.dst_port;
-            (*ev).src_addr = pkt.src;
-            (*ev).dst_addr = pkt.dst;
+            (*ev).src_addr = keys::bytes(pkt.src);
+            (*ev).dst_addr = keys::bytes(pkt.dst);
         }
         (*ev).timestamp_ns = now;
         (*ev).first_ns = if first_ns == 0 { now } else { first_ns };

@@ -3,11 +3,10 @@
 //! and fragments (a first fragment records its ports for the later ones in `FG_FRAGS`).
 
 use aya_ebpf::programs::TcContext;
-use flowgate_abi::{
-    FragKey, FragValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-};
+use flowgate_abi::{FragValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::FG_FRAGS;
+use crate::keys::{Addr, frag_key, v4_mapped, v6};
 
 const ETH_HLEN: usize = 14;
 const ETH_HLEN_U32: u32 = 14;
@@ -26,8 +25,8 @@ pub(crate) struct Packet {
     pub(crate) ifindex: u32,
     /// IP packet length (the skb's length without the Ethernet header).
     pub(crate) len: u32,
-    pub(crate) src: [u8; 16],
-    pub(crate) dst: [u8; 16],
+    pub(crate) src: Addr,
+    pub(crate) dst: Addr,
     pub(crate) src_port: u16,
     pub(crate) dst_port: u16,
     pub(crate) proto: u8,
@@ -42,8 +41,8 @@ pub(crate) fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
     let mut pkt = Packet {
         ifindex,
         len: ctx.len().saturating_sub(ETH_HLEN_U32),
-        src: [0; 16],
-        dst: [0; 16],
+        src: [0; 4],
+        dst: [0; 4],
         src_port: 0,
         dst_port: 0,
         proto: 0,
@@ -80,8 +79,8 @@ pub(crate) fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         l4 = ETH_HLEN + ihl;
     } else if ether_type == ETH_P_IPV6 {
         let mut next: u8 = load(ctx, ETH_HLEN + 6)?;
-        pkt.src = load(ctx, ETH_HLEN + 8)?;
-        pkt.dst = load(ctx, ETH_HLEN + 24)?;
+        pkt.src = v6(load(ctx, ETH_HLEN + 8)?);
+        pkt.dst = v6(load(ctx, ETH_HLEN + 24)?);
         pkt.ip_version = 6;
         let mut off = ETH_HLEN + 40;
         // Walk up to four extension headers (hop-by-hop, routing, destination options, fragment).
@@ -110,7 +109,7 @@ pub(crate) fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
     }
 
     if fragment && !first_fragment {
-        let fkey = frag_key(ifindex, frag_id, &pkt);
+        let fkey = frag_key(ifindex, frag_id, pkt.proto, pkt.src, pkt.dst);
         // SAFETY: the value is copied out at once.
         match unsafe { FG_FRAGS.get(&fkey) } {
             Some(ports) => {
@@ -167,7 +166,7 @@ pub(crate) fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         _ => {}
     }
     if fragment && more_fragments {
-        let fkey = frag_key(ifindex, frag_id, &pkt);
+        let fkey = frag_key(ifindex, frag_id, pkt.proto, pkt.src, pkt.dst);
         let value = FragValue {
             src_port: pkt.src_port,
             dst_port: pkt.dst_port,
@@ -175,19 +174,6 @@ pub(crate) fn parse(ctx: &TcContext, ifindex: u32) -> Option<Packet> {
         let _ = FG_FRAGS.insert(&fkey, &value, 0);
     }
     Some(pkt)
-}
-
-/// The fragment map's key for a packet.
-#[inline(always)]
-fn frag_key(ifindex: u32, id: u32, pkt: &Packet) -> FragKey {
-    FragKey {
-        ifindex,
-        id,
-        proto: pkt.proto,
-        _pad: [0; 3],
-        src_addr: pkt.src,
-        dst_addr: pkt.dst,
-    }
 }
 
 /// A `T` at `offset`: read straight from the linear packet data when it is there (a bounds
@@ -217,11 +203,4 @@ fn load_l4<T: Copy>(ctx: &TcContext, l4: usize) -> Option<T> {
     } else {
         ctx.load(l4).ok()
     }
-}
-
-#[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
 }
