@@ -20,7 +20,7 @@ use aya::{TestRun as _, TestRunOptions};
 use flowgate::datapath::{
     Datapath, LoadOptions, SKB_CONTEXT_BYTES, events, skb_context, skb_context_mark,
 };
-use flowgate_abi::{FlowEvent, programs, reason, trust, verdict};
+use flowgate_abi::{DIR_EGRESS, FlowEvent, programs, reason, trust, verdict};
 use flowgate_policy::compile::{LocalEndpoint, Snapshot, compile};
 use flowgate_policy::maps::{Mode, diff};
 use flowgate_policy::{Cluster, Manifests};
@@ -313,7 +313,7 @@ fn default_deny_drops_with_isolating_policy_and_deduplicates() {
         &tcp("10.1.0.1", 5555, "10.2.0.1", 443, SYN).bytes(),
     );
     assert_eq!(rc, TC_ACT_SHOT);
-    assert_eq!(one(&evs).direction, flowgate_abi::DIR_EGRESS);
+    assert_eq!(one(&evs).direction, DIR_EGRESS);
 }
 
 #[test]
@@ -636,6 +636,58 @@ fn a_connection_denied_on_recheck_stays_denied_both_ways() {
     assert_eq!(
         rc, TC_ACT_OK,
         "re-checked under the new generation: allowed"
+    );
+}
+
+/// A SYN on a tuple whose entry is still in the table rewrites the entry in place (no second
+/// LRU element): the new connection's direction, verdict and generation all take effect.
+#[test]
+fn a_new_connection_on_a_reused_tuple_takes_over_its_entry() {
+    require_root!();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    // The client opens client:40021 -> web:80 (ingress, allowed).
+    let (rc, _) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40021, "10.1.0.1", 80, SYN).bytes(),
+    );
+    assert_eq!(rc, TC_ACT_OK);
+    // Now web's ingress is closed and its egress open; web opens the same tuple outwards.
+    h.update(DENY_INGRESS, Mode::Enforce);
+    let (rc, evs) = h.run(
+        programs::FROM_POD,
+        &tcp("10.1.0.1", 80, "10.2.0.1", 40021, SYN).bytes(),
+    );
+    let ev = one(&evs);
+    assert_eq!(
+        (rc, ev.verdict, ev.direction),
+        (TC_ACT_OK, verdict::ALLOW, DIR_EGRESS)
+    );
+    // The client's packets are replies of web's connection, current under this generation.
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40021, "10.1.0.1", 80, ACK).bytes(),
+    );
+    assert_eq!((rc, evs.len()), (TC_ACT_OK, 0), "a reply: {evs:#?}");
+    // After another policy change (ingress still closed to the client), the re-check follows
+    // the direction the entry now holds (egress, open): had the old direction (ingress) stayed,
+    // this would be dropped.
+    h.update(
+        &format!(
+            "{DENY_INGRESS}---\n{}",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: other, namespace: a}\n\
+             spec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n  \
+             ingress: [{from: [{ipBlock: {cidr: 192.0.2.0/24}}], ports: [{port: 9999}]}]\n"
+        ),
+        Mode::Enforce,
+    );
+    let (rc, evs) = h.run(
+        programs::TO_POD,
+        &tcp("10.2.0.1", 40021, "10.1.0.1", 80, ACK).bytes(),
+    );
+    assert_eq!(
+        (rc, evs.len()),
+        (TC_ACT_OK, 0),
+        "re-checked as egress: {evs:#?}"
     );
 }
 

@@ -476,8 +476,28 @@ fn policy(ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: &[u8; 16], port: u16
     }
 }
 
+/// Records the connection's decision. An entry still in the table for the same key (a re-check,
+/// or a new connection on a reused tuple) is rewritten in place: an insert into the LRU map
+/// takes a free element, locks the bucket and frees the replaced element, and in traffic that
+/// was the largest cost of a new connection.
+///
+/// Concurrent writers of one entry (a SYN and a stray packet of the tuple's previous connection
+/// on another CPU) can interleave their fields. That never allows more: the verdict written is
+/// always one that a decision for this tuple under this generation made, and the generation,
+/// which makes the entry count, is written last.
 #[inline(always)]
 fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8, peer_generation: u32, now: u64) {
+    if let Some(ct) = FG_CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: a valid map value pointer; plain integer fields.
+        unsafe {
+            (*ct).direction = dir;
+            (*ct).verdict = v;
+            (*ct).peer_generation = peer_generation;
+            (*ct).created_ns = now;
+            (*ct).generation = ep.generation;
+        }
+        return;
+    }
     let value = ct_value(ep.generation, dir, v, peer_generation, now);
     let _ = FG_CONNTRACK.insert(key, &value, 0);
 }
