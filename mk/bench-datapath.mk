@@ -3,6 +3,7 @@
 # chain and an nftables set; then compile and update times, memory and where the time goes.
 # Method and results: docs/benchmarks.md, section "Datapath". About 6 minutes after the build.
 #   make bench-datapath BENCH_DATAPATH_ARGS="--rounds 3 --secs 1"   shorter, noisier
+#   make bench-datapath BENCH_DATAPATH_ARGS="--configs afc"         with (f), an empty program on the same hooks
 #   make bench-datapath BENCH_DATAPATH_ARGS=--help                  every option
 # Run it on an otherwise idle machine: anything else on the two vCPUs shows in the ratios.
 CARGO ?= cargo

@@ -3,14 +3,16 @@
 //!
 //! A lab node with two pods, client and server, on the same node: their traffic crosses both
 //! host veths, so both hooks of both interfaces run the programs. Five configurations, run
-//! interleaved (a b c d e a b c d e ...) for several rounds:
+//! interleaved (a b c d e a b c d e ...) for several rounds (and a sixth on request):
 //!
 //! - (a) no programs attached (the lab alone);
 //! - (b) flowgate enforcing 10 policies;
 //! - (c) flowgate enforcing 10,000 policies over a 50,000-pod cluster (generated in memory; the two
 //!   lab pods are part of it and the only local ones);
 //! - (d) an iptables FORWARD chain of 10,000 rules in the node namespace, no eBPF;
-//! - (e) an nftables set of 10,000 elements looked up by one rule, no eBPF.
+//! - (e) an nftables set of 10,000 elements looked up by one rule, no eBPF;
+//! - (f), with `--configs` only: an empty program on flowgate's two hooks, the floor under any
+//!   TC datapath on this kernel.
 //!
 //! In each: iperf3 TCP throughput, 1-byte TCP request/response over one connection, and new TCP
 //! connections per second (connect, 1-byte request/response, close), client and server pinned to
@@ -24,6 +26,7 @@
 
 mod after_rounds;
 mod cluster;
+mod empty;
 mod kernel;
 mod netfilter;
 mod report;
@@ -63,7 +66,8 @@ struct Args {
     /// Seconds of each iperf3 run (one more second is run and omitted).
     #[arg(long, default_value_t = 3)]
     iperf_secs: u32,
-    /// Configurations to run, in round order (letters a to e).
+    /// Configurations to run, in round order (letters a to f; f, an empty program on the same
+    /// hooks, is not in the default set).
     #[arg(long, default_value = "abcde")]
     configs: String,
     /// Pods of the large cluster (c).
@@ -96,6 +100,7 @@ fn describe(config: char) -> &'static str {
         'c' => "flowgate, 10,000 policies / 50,000 pods",
         'd' => "iptables, 10,000 rules",
         'e' => "nftables, 10,000-element set",
+        'f' => "empty program on both hooks (TCX)",
         _ => "?",
     }
 }
@@ -105,6 +110,7 @@ enum Setup {
     None,
     Node(Box<Node>),
     Netfilter,
+    Empty(empty::EmptyPrograms),
 }
 
 /// Totals over the measured runs of one configuration.
@@ -135,8 +141,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     lab::install_interrupt_cleanup().context("installing the Ctrl-C cleanup")?;
     for c in args.configs.chars() {
-        if !('a'..='e').contains(&c) {
-            bail!("--configs takes letters a to e, got {c:?}");
+        if !('a'..='f').contains(&c) {
+            bail!("--configs takes letters a to f, got {c:?}");
         }
     }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
@@ -354,6 +360,17 @@ impl Bench {
                 }
                 Setup::Netfilter
             }
+            'f' => {
+                let ifindexes: Vec<u32> = self.locals().iter().map(|l| l.ifindex).collect();
+                let path = std::path::Path::new("/run/netns").join(&self.node_netns);
+                let programs = empty::attach(&path, &ifindexes)?;
+                self.costs
+                    .entry(config)
+                    .or_default()
+                    .setup
+                    .push(started.elapsed());
+                Setup::Empty(programs)
+            }
             _ => Setup::None,
         };
         Ok(setup)
@@ -368,10 +385,16 @@ impl Bench {
                 Ok(())
             }
             Setup::Netfilter => netfilter::flush(&self.node_netns),
+            // Closing the link descriptors detaches the program.
+            Setup::Empty(programs) => {
+                drop(programs);
+                Ok(())
+            }
         }
     }
 
-    /// The flow the configurations all deny (none allows): dropped under b to e, reached under a.
+    /// The flow the configurations all deny (none allows): dropped under b to e, reached under a
+    /// and f (which judges nothing).
     fn enforcement_check(&mut self, config: char) -> Result<()> {
         let seen = self.lab.probe(
             &ProbeEnd::parse(CLIENT),
@@ -380,7 +403,7 @@ impl Bench {
             Some(DENIED_PORT),
             Duration::from_millis(500),
         );
-        let expected = if config == 'a' {
+        let expected = if config == 'a' || config == 'f' {
             Outcome::Reached
         } else {
             Outcome::TimedOut
@@ -477,6 +500,8 @@ impl Bench {
             ('b', 'a'),
             ('d', 'a'),
             ('e', 'a'),
+            ('f', 'a'),
+            ('c', 'f'),
         ]
         .into_iter()
         .filter(|(n, d)| has(*n) && has(*d))
