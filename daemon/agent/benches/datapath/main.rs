@@ -2,8 +2,8 @@
 //! section "Datapath").
 //!
 //! A lab node with two pods, client and server, on the same node: their traffic crosses both
-//! host veths, so both hooks of both interfaces run the programs. Five configurations, run
-//! interleaved (a b c d e a b c d e ...) for several rounds (and a sixth on request):
+//! host veths, so both hooks of both interfaces run the programs. Six configurations, run
+//! interleaved (a b c d e f a b c d e f ...) for several rounds:
 //!
 //! - (a) no programs attached (the lab alone);
 //! - (b) flowgate enforcing 10 policies;
@@ -11,8 +11,8 @@
 //!   lab pods are part of it and the only local ones);
 //! - (d) an iptables FORWARD chain of 10,000 rules in the node namespace, no eBPF;
 //! - (e) an nftables set of 10,000 elements looked up by one rule, no eBPF;
-//! - (f), with `--configs` only: an empty program on flowgate's two hooks, the floor under any
-//!   TC datapath on this kernel.
+//! - (f) an empty program on flowgate's two hooks: the floor under any TC datapath on this
+//!   kernel.
 //!
 //! In each: iperf3 TCP throughput, 1-byte TCP request/response over one connection, and new TCP
 //! connections per second (connect, 1-byte request/response, close), client and server pinned to
@@ -66,9 +66,8 @@ struct Args {
     /// Seconds of each iperf3 run (one more second is run and omitted).
     #[arg(long, default_value_t = 3)]
     iperf_secs: u32,
-    /// Configurations to run, in round order (letters a to f; f, an empty program on the same
-    /// hooks, is not in the default set).
-    #[arg(long, default_value = "abcde")]
+    /// Configurations to run, in round order (letters a to f).
+    #[arg(long, default_value = "abcdef")]
     configs: String,
     /// Pods of the large cluster (c).
     #[arg(long, default_value_t = 50_000)]
@@ -543,11 +542,18 @@ impl Bench {
                 );
             }
             if has('a') && has('c') {
+                let each: Vec<String> = self
+                    .samples
+                    .paired_ratios('c', 'a', metric)
+                    .into_iter()
+                    .map(fmt_ratio)
+                    .collect();
                 let _ = writeln!(
                     out,
-                    "  {:<17} c/a per round, median {}",
+                    "  {:<17} c/a per round, median {}: {}",
                     metric.short(),
-                    fmt_ratio(self.samples.paired_ratio('c', 'a', metric))
+                    fmt_ratio(self.samples.paired_ratio('c', 'a', metric)),
+                    each.join(" ")
                 );
             }
         }

@@ -154,13 +154,17 @@ impl Samples {
     /// Median over rounds of the per-round ratio `num/den` (rounds run back to back, so this
     /// cancels drift between rounds).
     pub fn paired_ratio(&self, num: char, den: char, metric: Metric) -> f64 {
-        let ratios: Vec<f64> = self
-            .get(num, metric)
+        median(&self.paired_ratios(num, den, metric))
+    }
+
+    /// `num / den` in each round, in round order: their scatter shows how far one run's ratio
+    /// can be trusted.
+    pub fn paired_ratios(&self, num: char, den: char, metric: Metric) -> Vec<f64> {
+        self.get(num, metric)
             .iter()
             .zip(self.get(den, metric))
             .map(|(n, d)| ratio(*n, *d))
-            .collect();
-        median(&ratios)
+            .collect()
     }
 
     /// (max - min) / median, over the rounds.
