@@ -7,7 +7,6 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
-use std::thread;
 
 use anyhow::{Context, Result, anyhow};
 
@@ -67,24 +66,16 @@ fn link(program: &OwnedFd, ifindex: u32, attach_type: u32) -> Result<OwnedFd> {
 /// Attaches the empty program to TC ingress and egress (TCX) of each interface (ifindexes in
 /// the network namespace at `netns`).
 pub fn attach(netns: &Path, ifindexes: &[u32]) -> Result<EmptyPrograms> {
-    let netns = netns.to_path_buf();
-    let ifindexes = ifindexes.to_vec();
-    thread::scope(|scope| {
-        scope
-            .spawn(move || -> Result<EmptyPrograms> {
-                traffic::enter(&netns)?;
-                let program = load()?;
-                let mut links = Vec::new();
-                for ifindex in ifindexes {
-                    links.push(link(&program, ifindex, BPF_TCX_INGRESS)?);
-                    links.push(link(&program, ifindex, BPF_TCX_EGRESS)?);
-                }
-                Ok(EmptyPrograms {
-                    _links: links,
-                    _program: program,
-                })
-            })
-            .join()
-            .map_err(|_| anyhow!("attach thread panicked"))?
+    traffic::in_netns(netns, || {
+        let program = load()?;
+        let mut links = Vec::new();
+        for &ifindex in ifindexes {
+            links.push(link(&program, ifindex, BPF_TCX_INGRESS)?);
+            links.push(link(&program, ifindex, BPF_TCX_EGRESS)?);
+        }
+        Ok(EmptyPrograms {
+            _links: links,
+            _program: program,
+        })
     })
 }

@@ -361,8 +361,7 @@ impl Bench {
             }
             'f' => {
                 let ifindexes: Vec<u32> = self.locals().iter().map(|l| l.ifindex).collect();
-                let path = std::path::Path::new("/run/netns").join(&self.node_netns);
-                let programs = empty::attach(&path, &ifindexes)?;
+                let programs = empty::attach(self.lab.node_netns(), &ifindexes)?;
                 self.costs
                     .entry(config)
                     .or_default()

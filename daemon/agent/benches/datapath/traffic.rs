@@ -54,26 +54,27 @@ pub fn pin(cpu: usize) -> Result<()> {
     sched_setaffinity(Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))
 }
 
-/// Writes sysctls (paths below `/proc/sys`) inside the namespace at `netns`.
-pub fn sysctls(netns: &Path, values: &[(&str, &str)]) -> Result<()> {
-    let netns = netns.to_path_buf();
-    let values: Vec<(String, String)> = values
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+/// Runs `f` on a thread of its own that has entered the network namespace at `netns`.
+pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     thread::scope(|scope| {
         scope
-            .spawn(move || -> Result<()> {
-                enter(&netns)?;
-                for (key, value) in &values {
-                    let path = Path::new("/proc/sys").join(key);
-                    std::fs::write(&path, value)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
-                Ok(())
+            .spawn(move || -> Result<T> {
+                enter(netns)?;
+                f()
             })
             .join()
-            .map_err(|_| anyhow!("sysctl thread panicked"))?
+            .map_err(|_| anyhow!("the thread in {} panicked", netns.display()))?
+    })
+}
+
+/// Writes sysctls (paths below `/proc/sys`) inside the namespace at `netns`.
+pub fn sysctls(netns: &Path, values: &[(&str, &str)]) -> Result<()> {
+    in_netns(netns, || {
+        for (key, value) in values {
+            let path = Path::new("/proc/sys").join(key);
+            std::fs::write(&path, value).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
     })
 }
 
