@@ -136,30 +136,38 @@ fn find_until_resolved(
 /// A counter of an endpoint's namespace from `/proc/thread-self/net/<file>` (`/proc/net` is the
 /// process's namespace, not the thread's): `Ip` + `InReceives` in snmp, `Ip6InReceives` in snmp6.
 fn counter(lab: &Lab, key: &str, file: &str, name: &str) -> u64 {
+    counters(lab, key, file, &[name])[0]
+}
+
+/// Several counters of one endpoint from a single read of its `/proc/net/{file}`, so they
+/// describe the same instant (separate reads let a packet land between them).
+fn counters<const N: usize>(lab: &Lab, key: &str, file: &str, names: &[&str; N]) -> [u64; N] {
     let text = lab
         .in_endpoint(key, || {
             std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap()
         })
         .unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    if file == "snmp6" {
-        return lines
+    names.map(|name| {
+        if file == "snmp6" {
+            return lines
+                .iter()
+                .find_map(|line| {
+                    let (field, value) = line.split_once(char::is_whitespace)?;
+                    (field == name).then(|| value.trim().parse().unwrap())
+                })
+                .unwrap_or_else(|| panic!("{name} not in {file}"));
+        }
+        let (group, field) = name.split_once('.').unwrap();
+        let header = lines
             .iter()
-            .find_map(|line| {
-                let (field, value) = line.split_once(char::is_whitespace)?;
-                (field == name).then(|| value.trim().parse().unwrap())
-            })
-            .unwrap_or_else(|| panic!("{name} not in {file}"));
-    }
-    let (group, field) = name.split_once('.').unwrap();
-    let header = lines
-        .iter()
-        .position(|line| line.starts_with(&format!("{group}:")))
-        .unwrap();
-    let names: Vec<&str> = lines[header].split_whitespace().collect();
-    let values: Vec<&str> = lines[header + 1].split_whitespace().collect();
-    let index = names.iter().position(|n| *n == field).unwrap();
-    values[index].parse().unwrap()
+            .position(|line| line.starts_with(&format!("{group}:")))
+            .unwrap();
+        let names: Vec<&str> = lines[header].split_whitespace().collect();
+        let values: Vec<&str> = lines[header + 1].split_whitespace().collect();
+        let index = names.iter().position(|n| *n == field).unwrap();
+        values[index].parse().unwrap()
+    })
 }
 
 #[test]
@@ -196,9 +204,21 @@ fn bridged_pods_are_pending_until_the_kernel_resolves_them_without_an_ip_packet(
         .iter()
         .map(|(key, _, _)| counter(&lab, key, "snmp", "Ip.InReceives"))
         .collect();
+    // One read for all three, and only once two reads 50 ms apart agree: the node's own IPv6
+    // (router solicitations, MLD reports) reaches the pod at any time, and a multicast packet
+    // counted between two separate reads once made `multicast` exceed `received`.
     let v6 = |lab: &Lab| {
-        ["Ip6InReceives", "Ip6InMcastPkts", "Icmp6InNeighborSolicits"]
-            .map(|name| counter(lab, "y/c", "snmp6", name))
+        let names = ["Ip6InReceives", "Ip6InMcastPkts", "Icmp6InNeighborSolicits"];
+        let mut last = counters(lab, "y/c", "snmp6", &names);
+        for _ in 0..40 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = counters(lab, "y/c", "snmp6", &names);
+            if now == last {
+                return now.map(|n| n as i64);
+            }
+            last = now;
+        }
+        panic!("y/c: IPv6 counters never settled for 2 s: {last:?}");
     };
     let v6_before = v6(&lab);
 
