@@ -24,16 +24,31 @@ pub struct EmptyPrograms {
     _program: OwnedFd,
 }
 
-/// `bpf(2)` with a zero-padded attribute block; the new descriptor on success.
-fn bpf(cmd: libc::c_long, attr: &[u8]) -> std::io::Result<OwnedFd> {
+/// `bpf(2)` with a zero-padded attribute block: its return value and the block as the kernel
+/// left it (some commands write their answer into it).
+pub(crate) fn bpf_block(
+    cmd: libc::c_long,
+    attr: &[u8],
+) -> std::io::Result<(libc::c_long, [u8; 128])> {
     const SIZE: libc::c_uint = 128;
     let mut block = [0u8; SIZE as usize];
     block[..attr.len()].copy_from_slice(attr);
     // SAFETY: `block` is a valid, writable bpf_attr of the size passed.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, block.as_mut_ptr(), SIZE) };
-    if fd < 0 {
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, block.as_mut_ptr(), SIZE) };
+    if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok((ret, block))
+}
+
+/// `bpf(2)` for a command that returns nothing but success.
+pub(crate) fn bpf_call(cmd: libc::c_long, attr: &[u8]) -> std::io::Result<()> {
+    bpf_block(cmd, attr).map(|_| ())
+}
+
+/// `bpf(2)` for a command that returns a new descriptor.
+pub(crate) fn bpf(cmd: libc::c_long, attr: &[u8]) -> std::io::Result<OwnedFd> {
+    let (fd, _) = bpf_block(cmd, attr)?;
     let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("descriptor out of range"))?;
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -51,7 +66,8 @@ fn load() -> Result<OwnedFd> {
     bpf(BPF_PROG_LOAD, &attr).context("BPF_PROG_LOAD of the empty program")
 }
 
-fn link(program: &OwnedFd, ifindex: u32, attach_type: u32) -> Result<OwnedFd> {
+/// A TCX link of `program` on `ifindex` (in the calling thread's network namespace).
+pub(crate) fn link(program: &OwnedFd, ifindex: u32, attach_type: u32) -> Result<OwnedFd> {
     use std::os::fd::AsRawFd;
     let prog_fd = u32::try_from(program.as_raw_fd()).map_err(|_| anyhow!("negative fd"))?;
     let mut attr = Vec::with_capacity(16);

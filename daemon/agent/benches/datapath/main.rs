@@ -17,7 +17,10 @@
 //! In each: iperf3 TCP throughput, 1-byte TCP request/response over one connection, and new TCP
 //! connections per second (connect, 1-byte request/response, close), client and server pinned to
 //! one and the same CPU. The table gives medians over the rounds and ratios of the medians, and
-//! the targets are checked against them. Then, on configuration (c): compile time, one policy
+//! the targets are checked against them. Then (c) against (a) once more, alternated every second
+//! on one live node (`alternate.rs`): drift cancels, so this is the precise (c)/(a) for
+//! request/response and new connections, checked against the same targets. Then, on
+//! configuration (c): compile time, one policy
 //! change and one pod relabel applied to the live maps, memory (RSS, map entries), the programs'
 //! own run time in traffic (`kernel.bpf_stats_enabled`) and per path (`BPF_PROG_TEST_RUN`), to
 //! show where the time goes.
@@ -25,6 +28,7 @@
 //! Nothing here is hard-coded: every figure printed is measured in this run.
 
 mod after_rounds;
+mod alternate;
 mod cluster;
 mod empty;
 mod kernel;
@@ -81,6 +85,12 @@ struct Args {
     /// iptables rules (d) and nftables set elements (e).
     #[arg(long, default_value_t = 10_000)]
     rules: usize,
+    /// Blocks of the (c)/(a) alternation (four segments each; 0 skips it).
+    #[arg(long, default_value_t = 8)]
+    ab_blocks: usize,
+    /// Seconds of each segment of the alternation.
+    #[arg(long, default_value_t = 1.0)]
+    ab_secs: f64,
     /// Applies per kind of change (a change and its revert count as two).
     #[arg(long, default_value_t = 10)]
     changes: usize,
@@ -233,6 +243,12 @@ fn main() -> Result<()> {
     );
     bench.rounds()?;
     out.push_str(&bench.main_table());
+    if bench.args.ab_blocks > 0
+        && bench.args.configs.contains('a')
+        && bench.args.configs.contains('c')
+    {
+        out.push_str(&bench.alternate()?);
+    }
     out.push_str(&bench.after(rss_start, rss_clusters)?);
     let _ = writeln!(
         out,

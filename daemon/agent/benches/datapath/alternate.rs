@@ -1,0 +1,238 @@
+//! (c) against (a), alternated every `--ab-secs` on one live node: the precise estimate of
+//! (c)/(a) for request/response and new connections.
+//!
+//! The rounds run each configuration for a few seconds, 10 to 15 s apart, and this VM drifts by
+//! several percent over such spans (the per-round c/a ratios of one run range over 4 %). Here
+//! the (c) node stays loaded and its two programs are attached and detached on both pods'
+//! interfaces between short segments, in blocks of four (A C C A, then C A A C, so a linear
+//! drift cancels within each block). With the programs detached, the node is (a): nothing runs
+//! on the hooks, and the maps only sit in memory. Each block gives one ratio, the sum of its C
+//! segments over the sum of its A segments; the estimate is the median over the blocks.
+//!
+//! The node's own links are detached first (`BPF_LINK_DETACH`), and the same programs are then
+//! attached by fresh TCX links made here (`BPF_LINK_CREATE`, as `empty.rs` does); closing them
+//! detaches them.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::empty::{self, bpf, bpf_call};
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_LINK_TYPE_TCX: u32 = 11;
+/// `struct bpf_prog_info`: `name[16]` at byte 64.
+const PROG_INFO_NAME: usize = 64;
+
+/// flowgate's two programs on the pods' interfaces, attached or not at the bench's will.
+struct Switch {
+    netns: PathBuf,
+    /// (program, ifindex, TCX attach type) for each hook.
+    hooks: Vec<(OwnedFd, u32, u32)>,
+    links: Vec<OwnedFd>,
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` into a zeroed buffer of `N` bytes.
+fn info<const N: usize>(fd: &OwnedFd) -> Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    let mut attr = Vec::with_capacity(16);
+    attr.extend_from_slice(&u32::try_from(fd.as_raw_fd())?.to_ne_bytes());
+    attr.extend_from_slice(&u32::try_from(N)?.to_ne_bytes());
+    attr.extend_from_slice(&(buf.as_mut_ptr() as u64).to_ne_bytes());
+    bpf_call(BPF_OBJ_GET_INFO_BY_FD, &attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    Ok(buf)
+}
+
+impl Switch {
+    /// Detaches flowgate's TCX links from the interfaces `ifindexes` of the namespace at `netns`
+    /// and keeps their programs. Fails unless it finds both programs on every interface.
+    fn take(netns: &Path, ifindexes: &[u32]) -> Result<Self> {
+        let hooks = traffic::in_netns(netns, || {
+            let mut hooks = Vec::new();
+            let mut id = 0u32;
+            while let Some(next) = next_link_id(id)? {
+                id = next;
+                let Ok(link) = bpf(BPF_LINK_GET_FD_BY_ID, &id.to_ne_bytes()) else {
+                    continue; // gone meanwhile
+                };
+                let link_info = info::<64>(&link)?;
+                let (kind, prog_id) = (u32_at(&link_info, 0), u32_at(&link_info, 8));
+                let (ifindex, attach_type) = (u32_at(&link_info, 16), u32_at(&link_info, 20));
+                if kind != BPF_LINK_TYPE_TCX || !ifindexes.contains(&ifindex) {
+                    continue;
+                }
+                let program = bpf(BPF_PROG_GET_FD_BY_ID, &prog_id.to_ne_bytes())
+                    .context("BPF_PROG_GET_FD_BY_ID")?;
+                let prog_info = info::<128>(&program)?;
+                let name = &prog_info[PROG_INFO_NAME..PROG_INFO_NAME + 16];
+                let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or(&[]))
+                    .into_owned();
+                if name != "fg_from_pod" && name != "fg_to_pod" {
+                    continue;
+                }
+                let fd = u32::try_from(link.as_raw_fd())?;
+                bpf_call(BPF_LINK_DETACH, &fd.to_ne_bytes()).context("BPF_LINK_DETACH")?;
+                hooks.push((program, ifindex, attach_type));
+            }
+            Ok(hooks)
+        })?;
+        if hooks.len() != 2 * ifindexes.len() {
+            bail!(
+                "found {} of flowgate's TCX links on {} interfaces, expected two each",
+                hooks.len(),
+                ifindexes.len()
+            );
+        }
+        Ok(Self {
+            netns: netns.to_path_buf(),
+            hooks,
+            links: Vec::new(),
+        })
+    }
+
+    fn set(&mut self, attached: bool) -> Result<()> {
+        if !attached {
+            // Closing a TCX link detaches its program.
+            self.links.clear();
+            return Ok(());
+        }
+        if !self.links.is_empty() {
+            return Ok(());
+        }
+        let hooks = &self.hooks;
+        self.links = traffic::in_netns(&self.netns, || {
+            hooks
+                .iter()
+                .map(|(program, ifindex, attach_type)| empty::link(program, *ifindex, *attach_type))
+                .collect()
+        })?;
+        Ok(())
+    }
+}
+
+/// `BPF_LINK_GET_NEXT_ID`: the id of the first link after `start`; `None` after the last.
+fn next_link_id(start: u32) -> Result<Option<u32>> {
+    match empty::bpf_block(BPF_LINK_GET_NEXT_ID, &start.to_ne_bytes()) {
+        Ok((_, block)) => Ok(Some(u32_at(&block, 4))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e).context("BPF_LINK_GET_NEXT_ID"),
+    }
+}
+
+/// One metric's alternated segments: per-segment rates, A and C.
+#[derive(Default)]
+struct Alternation {
+    blocks: Vec<f64>,
+    a: Vec<f64>,
+    c: Vec<f64>,
+}
+
+impl Bench {
+    /// The alternated measurement on a fresh (c) node; its report section and target checks.
+    pub(super) fn alternate(&mut self) -> Result<String> {
+        let mut node = Node::on_lab(&self.lab, Mode::Enforce, "lab")?;
+        node.apply(&self.large)?;
+        let ifindexes: Vec<u32> = self.locals().iter().map(|l| l.ifindex).collect();
+        let mut switch = Switch::take(self.lab.node_netns(), &ifindexes)?;
+        // The switch works both ways: attached, the flow no policy allows is dropped; detached,
+        // it goes through.
+        for (attached, expected) in [(true, Outcome::TimedOut), (false, Outcome::Reached)] {
+            switch.set(attached)?;
+            let seen = self.lab.probe(
+                &ProbeEnd::parse(CLIENT),
+                IpAddr::V4(SERVER_IP),
+                Protocol::Tcp,
+                Some(DENIED_PORT),
+                Duration::from_millis(500),
+            );
+            if seen.outcome != expected {
+                bail!(
+                    "alternation: with the programs {}, client -> server:{DENIED_PORT} gave {:?}, expected {expected:?}",
+                    if attached { "attached" } else { "detached" },
+                    seen.outcome
+                );
+            }
+        }
+        let segment = Duration::from_secs_f64(self.args.ab_secs);
+        let mut results = Vec::new();
+        for metric in [Metric::RequestResponse, Metric::NewConnections] {
+            let mut alt = Alternation::default();
+            for block in 0..self.args.ab_blocks {
+                let order = if block % 2 == 0 {
+                    [false, true, true, false]
+                } else {
+                    [true, false, false, true]
+                };
+                let (mut a, mut c) = (0.0, 0.0);
+                for attached in order {
+                    switch.set(attached)?;
+                    let mut drain = || {
+                        node.drain();
+                    };
+                    let rate = match metric {
+                        Metric::RequestResponse => {
+                            traffic::request_response(&self.pair, RR_PORT, segment, &mut drain)?
+                        }
+                        _ => traffic::connect_rate(&self.pair, CRR_PORT, segment, &mut drain)?,
+                    };
+                    if attached {
+                        c += rate.per_sec;
+                        alt.c.push(rate.per_sec);
+                    } else {
+                        a += rate.per_sec;
+                        alt.a.push(rate.per_sec);
+                    }
+                }
+                alt.blocks.push(ratio(c, a));
+            }
+            results.push((metric, alt));
+        }
+        drop(switch);
+        drop(node);
+
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n(c) against (a), alternated on one live (c) node: {} blocks of 4 segments of {:.1} s \
+             (A C C A, C A A C, ...; A = programs detached); each block's ratio is its C total over its A total",
+            self.args.ab_blocks, self.args.ab_secs
+        );
+        let mut targets = Vec::new();
+        for (metric, alt) in &results {
+            let estimate = median(&alt.blocks);
+            let each: Vec<String> = alt.blocks.iter().map(|r| fmt_ratio(*r)).collect();
+            let _ = writeln!(
+                out,
+                "  {:<17} (a) median {}, (c) median {}; c/a median over blocks {} (blocks: {})",
+                metric.short(),
+                report::value(*metric, median(&alt.a)),
+                report::value(*metric, median(&alt.c)),
+                fmt_ratio(estimate),
+                each.join(" ")
+            );
+            let t = metric.target_vs_none();
+            targets.push((
+                estimate >= t,
+                format!(
+                    "{}: (c)/(a) alternated = {} (target >= {t:.2})",
+                    metric.short(),
+                    fmt_ratio(estimate)
+                ),
+            ));
+        }
+        let _ = writeln!(out, "targets (alternated):");
+        for (ok, what) in &targets {
+            let _ = writeln!(out, "  [{}] {what}", if *ok { " ok " } else { "MISS" });
+        }
+        self.targets.extend(targets);
+        Ok(out)
+    }
+}
