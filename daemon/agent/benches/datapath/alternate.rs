@@ -1,5 +1,5 @@
-//! (c) against (a), alternated every `--ab-secs` on one live node: the precise estimate of
-//! (c)/(a) for request/response and new connections.
+//! (c) against (a), and (f) against (a), alternated every `--ab-secs` on one live node: the
+//! precise estimates of (c)/(a) and (f)/(a) for request/response and new connections.
 //!
 //! The rounds run each configuration for a few seconds, 10 to 15 s apart, and this VM drifts by
 //! several percent over such spans (the per-round c/a ratios of one run range over 4 %). Here
@@ -7,11 +7,12 @@
 //! interfaces between short segments, in blocks of four (A C C A, then C A A C, so a linear
 //! drift cancels within each block). With the programs detached, the node is (a): nothing runs
 //! on the hooks, and the maps only sit in memory. Each block gives one ratio, the sum of its C
-//! segments over the sum of its A segments; the estimate is the median over the blocks.
+//! segments over the sum of its A segments; the estimate is the median over the blocks. The
+//! same is then done with (f)'s empty program, the floor under any TC datapath.
 //!
 //! The node's own links are detached first (`BPF_LINK_DETACH`), and the same programs are then
 //! attached by fresh TCX links made here (`BPF_LINK_CREATE`, as `empty.rs` does); closing them
-//! detaches them.
+//! detaches them. Before measuring, a probe checks that each switch works both ways.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -28,11 +29,12 @@ const BPF_LINK_TYPE_TCX: u32 = 11;
 /// `struct bpf_prog_info`: `name[16]` at byte 64.
 const PROG_INFO_NAME: usize = 64;
 
-/// flowgate's two programs on the pods' interfaces, attached or not at the bench's will.
+/// Programs on the pods' interfaces, attached or not at the bench's will.
 struct Switch {
     netns: PathBuf,
-    /// (program, ifindex, TCX attach type) for each hook.
-    hooks: Vec<(OwnedFd, u32, u32)>,
+    programs: Vec<OwnedFd>,
+    /// (index into `programs`, ifindex, TCX attach type) for each hook.
+    hooks: Vec<(usize, u32, u32)>,
     links: Vec<OwnedFd>,
 }
 
@@ -84,6 +86,11 @@ impl Switch {
             }
             Ok(hooks)
         })?;
+        let (programs, hooks): (Vec<OwnedFd>, Vec<(usize, u32, u32)>) = hooks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (program, ifindex, attach_type))| (program, (i, ifindex, attach_type)))
+            .unzip();
         if hooks.len() != 2 * ifindexes.len() {
             bail!(
                 "found {} of flowgate's TCX links on {} interfaces, expected two each",
@@ -93,6 +100,26 @@ impl Switch {
         }
         Ok(Self {
             netns: netns.to_path_buf(),
+            programs,
+            hooks,
+            links: Vec::new(),
+        })
+    }
+
+    /// The empty program of configuration (f) on both hooks of `ifindexes`, detached.
+    fn empty(netns: &Path, ifindexes: &[u32]) -> Result<Self> {
+        let hooks = ifindexes
+            .iter()
+            .flat_map(|&i| {
+                [
+                    (0, i, empty::BPF_TCX_INGRESS),
+                    (0, i, empty::BPF_TCX_EGRESS),
+                ]
+            })
+            .collect();
+        Ok(Self {
+            netns: netns.to_path_buf(),
+            programs: vec![empty::load()?],
             hooks,
             links: Vec::new(),
         })
@@ -107,11 +134,13 @@ impl Switch {
         if !self.links.is_empty() {
             return Ok(());
         }
-        let hooks = &self.hooks;
+        let (programs, hooks) = (&self.programs, &self.hooks);
         self.links = traffic::in_netns(&self.netns, || {
             hooks
                 .iter()
-                .map(|(program, ifindex, attach_type)| empty::link(program, *ifindex, *attach_type))
+                .map(|&(program, ifindex, attach_type)| {
+                    empty::link(&programs[program], ifindex, attach_type)
+                })
                 .collect()
         })?;
         Ok(())
@@ -127,7 +156,8 @@ fn next_link_id(start: u32) -> Result<Option<u32>> {
     }
 }
 
-/// One metric's alternated segments: per-segment rates, A and C.
+/// One metric's alternated segments: each block's ratio, and the per-segment rates without
+/// (A) and with (C) the programs.
 #[derive(Default)]
 struct Alternation {
     blocks: Vec<f64>,
@@ -135,89 +165,64 @@ struct Alternation {
     c: Vec<f64>,
 }
 
+const ALTERNATED: [Metric; 2] = [Metric::RequestResponse, Metric::NewConnections];
+
 impl Bench {
-    /// The alternated measurement on a fresh (c) node; its report section and target checks.
+    /// The alternated measurements: (c) against (a) on a fresh (c) node, and, when (f) is among
+    /// the configurations, (f) against (a). The report section, and target checks for (c).
     pub(super) fn alternate(&mut self) -> Result<String> {
+        let ifindexes: Vec<u32> = self.locals().iter().map(|l| l.ifindex).collect();
+        let netns = self.lab.node_netns().to_path_buf();
         let mut node = Node::on_lab(&self.lab, Mode::Enforce, "lab")?;
         node.apply(&self.large)?;
-        let ifindexes: Vec<u32> = self.locals().iter().map(|l| l.ifindex).collect();
-        let mut switch = Switch::take(self.lab.node_netns(), &ifindexes)?;
-        // The switch works both ways: attached, the flow no policy allows is dropped; detached,
-        // it goes through.
-        for (attached, expected) in [(true, Outcome::TimedOut), (false, Outcome::Reached)] {
-            switch.set(attached)?;
-            let seen = self.lab.probe(
-                &ProbeEnd::parse(CLIENT),
-                IpAddr::V4(SERVER_IP),
-                Protocol::Tcp,
-                Some(DENIED_PORT),
-                Duration::from_millis(500),
-            );
-            if seen.outcome != expected {
-                bail!(
-                    "alternation: with the programs {}, client -> server:{DENIED_PORT} gave {:?}, expected {expected:?}",
-                    if attached { "attached" } else { "detached" },
-                    seen.outcome
-                );
-            }
-        }
-        let segment = Duration::from_secs_f64(self.args.ab_secs);
-        let mut results = Vec::new();
-        for metric in [Metric::RequestResponse, Metric::NewConnections] {
-            let mut alt = Alternation::default();
-            for block in 0..self.args.ab_blocks {
-                let order = if block % 2 == 0 {
-                    [false, true, true, false]
-                } else {
-                    [true, false, false, true]
-                };
-                let (mut a, mut c) = (0.0, 0.0);
-                for attached in order {
-                    switch.set(attached)?;
-                    let mut drain = || {
-                        node.drain();
-                    };
-                    let rate = match metric {
-                        Metric::RequestResponse => {
-                            traffic::request_response(&self.pair, RR_PORT, segment, &mut drain)?
-                        }
-                        _ => traffic::connect_rate(&self.pair, CRR_PORT, segment, &mut drain)?,
-                    };
-                    if attached {
-                        c += rate.per_sec;
-                        alt.c.push(rate.per_sec);
-                    } else {
-                        a += rate.per_sec;
-                        alt.a.push(rate.per_sec);
-                    }
-                }
-                alt.blocks.push(ratio(c, a));
-            }
-            results.push((metric, alt));
-        }
+        let mut switch = Switch::take(&netns, &ifindexes)?;
+        self.check_switch(&mut switch, Outcome::TimedOut)?;
+        let flowgate = self.alternation(&mut switch, &mut || {
+            node.drain();
+        })?;
         drop(switch);
         drop(node);
+        let empty = if self.args.configs.contains('f') {
+            let mut switch = Switch::empty(&netns, &ifindexes)?;
+            self.check_switch(&mut switch, Outcome::Reached)?;
+            Some(self.alternation(&mut switch, &mut || {})?)
+        } else {
+            None
+        };
 
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\n(c) against (a), alternated on one live (c) node: {} blocks of 4 segments of {:.1} s \
-             (A C C A, C A A C, ...; A = programs detached); each block's ratio is its C total over its A total",
+            "\nalternated on one live node: {} blocks of 4 segments of {:.1} s (A C C A, C A A C, ...); \
+             A = no programs, C = the programs attached; each block's ratio is its C total over its A total",
             self.args.ab_blocks, self.args.ab_secs
         );
         let mut targets = Vec::new();
-        for (metric, alt) in &results {
-            let estimate = median(&alt.blocks);
-            let each: Vec<String> = alt.blocks.iter().map(|r| fmt_ratio(*r)).collect();
+        for (i, metric) in ALTERNATED.iter().enumerate() {
+            let c = &flowgate[i];
+            let estimate = median(&c.blocks);
             let _ = writeln!(
                 out,
-                "  {:<17} (a) median {}, (c) median {}; c/a median over blocks {} (blocks: {})",
+                "  {:<17} (c) vs (a): (a) median {}, (c) median {}; c/a median over blocks {} (blocks: {})",
                 metric.short(),
-                report::value(*metric, median(&alt.a)),
-                report::value(*metric, median(&alt.c)),
+                report::value(*metric, median(&c.a)),
+                report::value(*metric, median(&c.c)),
                 fmt_ratio(estimate),
-                each.join(" ")
+                blocks(&c.blocks)
             );
+            if let Some(empty) = &empty {
+                let f = &empty[i];
+                let _ = writeln!(
+                    out,
+                    "  {:<17} (f) vs (a): (a) median {}, (f) median {}; f/a median over blocks {} (blocks: {}); c/f {}",
+                    "",
+                    report::value(*metric, median(&f.a)),
+                    report::value(*metric, median(&f.c)),
+                    fmt_ratio(median(&f.blocks)),
+                    blocks(&f.blocks),
+                    fmt_ratio(ratio(estimate, median(&f.blocks)))
+                );
+            }
             let t = metric.target_vs_none();
             targets.push((
                 estimate >= t,
@@ -235,4 +240,76 @@ impl Bench {
         self.targets.extend(targets);
         Ok(out)
     }
+
+    /// The switch works both ways: attached, the flow no policy allows gives `attached`;
+    /// detached, it goes through.
+    fn check_switch(&self, switch: &mut Switch, attached: Outcome) -> Result<()> {
+        for (on, expected) in [(true, attached), (false, Outcome::Reached)] {
+            switch.set(on)?;
+            let seen = self.lab.probe(
+                &ProbeEnd::parse(CLIENT),
+                IpAddr::V4(SERVER_IP),
+                Protocol::Tcp,
+                Some(DENIED_PORT),
+                Duration::from_millis(500),
+            );
+            if seen.outcome != expected {
+                bail!(
+                    "alternation: with the programs {}, client -> server:{DENIED_PORT} gave {:?}, expected {expected:?}",
+                    if on { "attached" } else { "detached" },
+                    seen.outcome
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Request/response, then new connections, in `--ab-blocks` blocks of four segments.
+    fn alternation(
+        &self,
+        switch: &mut Switch,
+        drain: &mut dyn FnMut(),
+    ) -> Result<Vec<Alternation>> {
+        let segment = Duration::from_secs_f64(self.args.ab_secs);
+        let mut results = Vec::new();
+        for metric in ALTERNATED {
+            let mut alt = Alternation::default();
+            for block in 0..self.args.ab_blocks {
+                let order = if block % 2 == 0 {
+                    [false, true, true, false]
+                } else {
+                    [true, false, false, true]
+                };
+                let (mut a, mut c) = (0.0, 0.0);
+                for attached in order {
+                    switch.set(attached)?;
+                    let rate = match metric {
+                        Metric::RequestResponse => {
+                            traffic::request_response(&self.pair, RR_PORT, segment, drain)?
+                        }
+                        _ => traffic::connect_rate(&self.pair, CRR_PORT, segment, drain)?,
+                    };
+                    if attached {
+                        c += rate.per_sec;
+                        alt.c.push(rate.per_sec);
+                    } else {
+                        a += rate.per_sec;
+                        alt.a.push(rate.per_sec);
+                    }
+                }
+                alt.blocks.push(ratio(c, a));
+            }
+            results.push(alt);
+        }
+        switch.set(false)?;
+        Ok(results)
+    }
+}
+
+fn blocks(ratios: &[f64]) -> String {
+    ratios
+        .iter()
+        .map(|r| fmt_ratio(*r))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -15,8 +15,8 @@ use crate::traffic;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_TCX_INGRESS: u32 = 46;
-const BPF_TCX_EGRESS: u32 = 47;
+pub(crate) const BPF_TCX_INGRESS: u32 = 46;
+pub(crate) const BPF_TCX_EGRESS: u32 = 47;
 
 /// The attached empty program; dropping it detaches it.
 pub struct EmptyPrograms {
@@ -54,7 +54,7 @@ pub(crate) fn bpf(cmd: libc::c_long, attr: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn load() -> Result<OwnedFd> {
+pub(crate) fn load() -> Result<OwnedFd> {
     // struct bpf_insn {code, regs, off, imm}: r0 = 0 (TC_ACT_OK), then exit.
     let insns: [[u8; 8]; 2] = [[0xb7, 0, 0, 0, 0, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]];
     let license = b"GPL\0";

@@ -19,7 +19,8 @@
 //! one and the same CPU. The table gives medians over the rounds and ratios of the medians, and
 //! the targets are checked against them. Then (c) against (a) once more, alternated every second
 //! on one live node (`alternate.rs`): drift cancels, so this is the precise (c)/(a) for
-//! request/response and new connections, checked against the same targets. Then, on
+//! request/response and new connections, checked against the same targets; and (f) against (a)
+//! the same way, when (f) runs. Then, on
 //! configuration (c): compile time, one policy
 //! change and one pod relabel applied to the live maps, memory (RSS, map entries), the programs'
 //! own run time in traffic (`kernel.bpf_stats_enabled`) and per path (`BPF_PROG_TEST_RUN`), to
