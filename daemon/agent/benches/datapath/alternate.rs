@@ -246,13 +246,7 @@ impl Bench {
     fn check_switch(&self, switch: &mut Switch, attached: Outcome) -> Result<()> {
         for (on, expected) in [(true, attached), (false, Outcome::Reached)] {
             switch.set(on)?;
-            let seen = self.lab.probe(
-                &ProbeEnd::parse(CLIENT),
-                IpAddr::V4(SERVER_IP),
-                Protocol::Tcp,
-                Some(DENIED_PORT),
-                Duration::from_millis(500),
-            );
+            let seen = self.denied_flow();
             if seen.outcome != expected {
                 bail!(
                     "alternation: with the programs {}, client -> server:{DENIED_PORT} gave {:?}, expected {expected:?}",

@@ -408,16 +408,21 @@ impl Bench {
         }
     }
 
-    /// The flow the configurations all deny (none allows): dropped under b to e, reached under a
-    /// and f (which judges nothing).
-    fn enforcement_check(&mut self, config: char) -> Result<()> {
-        let seen = self.lab.probe(
+    /// One attempt of the flow no policy allows: client -> server:`DENIED_PORT`.
+    fn denied_flow(&self) -> flowgate::lab::Observed {
+        self.lab.probe(
             &ProbeEnd::parse(CLIENT),
             IpAddr::V4(SERVER_IP),
             Protocol::Tcp,
             Some(DENIED_PORT),
             Duration::from_millis(500),
-        );
+        )
+    }
+
+    /// The flow the configurations all deny (none allows): dropped under b to e, reached under a
+    /// and f (which judges nothing).
+    fn enforcement_check(&mut self, config: char) -> Result<()> {
+        let seen = self.denied_flow();
         let expected = if config == 'a' || config == 'f' {
             Outcome::Reached
         } else {
