@@ -37,7 +37,7 @@ use agent1::Agent1;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use flowgate::datapath::{Attached, Datapath, DatapathError, LoadOptions, TcMode};
 use flowgate_abi::capacity::EVENTS_BYTES;
-use flowgate_abi::{CtKey, CtValue, FlowEvent, maps, verdict};
+use flowgate_abi::{ConnKey, CtValue, FlowEvent, maps, verdict};
 use flowgate_flows::gap::{GapRecord, LostCounts, Stage};
 use flowgate_flows::pipeline::Record;
 use flowgate_policy::compile::Snapshot;
@@ -267,19 +267,31 @@ fn a_killed_agent_keeps_enforcing_and_the_next_one_takes_over_without_a_gap() {
     );
     assert_schema_valid(&Record::Gap(gap).to_json());
 
-    // Connection tracking survived: the open connection's two entries, of generation 2, are
-    // there (re-checked and re-stamped on its next packet).
-    let conntrack: BpfHashMap<MapData, CtKey, CtValue> =
+    // Connection tracking survived: the open connection's entry, with both of its ends (two
+    // pods of the node) of generation 2, is there (re-checked and re-stamped on its next packet).
+    let conntrack: BpfHashMap<MapData, ConnKey, CtValue> =
         dp.take_map(maps::CONNTRACK).unwrap().try_into().unwrap();
-    let tracked = conntrack
+    let tracked: Vec<CtValue> = conntrack
         .iter()
         .filter_map(Result::ok)
-        .filter(|(k, v)| {
-            (k.local_port, k.remote_port) == (conn_port, 7100)
-                || (k.local_port, k.remote_port) == (7100, conn_port) && v.generation == 2
+        .filter(|(k, _)| {
+            let ports = (k.lo_port, k.hi_port);
+            ports == (conn_port, 7100) || ports == (7100, conn_port)
         })
-        .count();
-    assert_eq!(tracked, 2, "both sides of the open connection are tracked");
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        tracked.len(),
+        1,
+        "one entry for the open connection: {tracked:?}"
+    );
+    assert!(
+        tracked[0]
+            .ends
+            .iter()
+            .all(|end| end.ifindex != 0 && end.generation == 2),
+        "both ends of the open connection are tracked under generation 2: {tracked:?}"
+    );
 
     // The links run agent 2's programs now: one per hook, not one more.
     let programs2 = tcx_programs(&lab, &pods);

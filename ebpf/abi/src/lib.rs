@@ -19,7 +19,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes, or the meaning of a map's entries; carried in every
 /// event. A pinned datapath of another version is replaced, never adopted (`PinMeta`).
-pub const ABI_VERSION: u8 = 4;
+pub const ABI_VERSION: u8 = 5;
 
 /// Map names, as in the eBPF object.
 pub mod maps {
@@ -281,12 +281,12 @@ pub const LOST_DENY: u32 = 1;
 pub const LOST_AUDIT: u32 = 2;
 pub const LOST_SLOTS: u32 = 3;
 
-/// Connection-tracking key: one local endpoint's view of a connection, the same for both of its
-/// directions: the addresses and ports as seen from the endpoint (`local_*` is the pod's side).
-/// A reply finds the entry its connection's first packet created with one lookup.
+/// One local endpoint's view of a flow, the same for both of its directions: the addresses and
+/// ports as seen from the endpoint (`local_*` is the pod's side). The deny-dedup key, with the
+/// reason in `_pad[0]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
+pub struct FlowKey {
     /// Host-side interface of the local endpoint.
     pub ifindex: u32,
     pub proto: u8,
@@ -297,28 +297,86 @@ pub struct CtKey {
     pub remote_addr: [u8; 16],
 }
 
+/// Connection-tracking key: the connection itself, the same from both of its ends and in both
+/// directions. Its two ends, each an (address, port), are ordered (`ConnKey::of`). A
+/// connection between two pods of the node has one entry, in which each pod's hooks keep their
+/// own `CtEnd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub lo_port: u16,
+    pub hi_port: u16,
+    pub lo_addr: [u8; 16],
+    pub hi_addr: [u8; 16],
+}
+
+impl ConnKey {
+    /// The key of a connection between `local` and `remote` (address, IPv4 mapped into IPv6,
+    /// and port), and the index of `local`'s end (`CT_LO` or `CT_HI`). The `lo` end is the one
+    /// that orders first: the address read as four native-endian `u32` words, compared last word
+    /// first (the one that differs for IPv4), then the others in order, then the port. The
+    /// kernel programs compute the same order on the words they hold.
+    pub fn of(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) -> (Self, usize) {
+        let order = |(a, port): ([u8; 16], u16)| {
+            let w =
+                |i: usize| u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
+            (w(3), w(0), w(1), w(2), port)
+        };
+        let (lo, hi, mine) = if order(local) < order(remote) {
+            (local, remote, CT_LO)
+        } else {
+            (remote, local, CT_HI)
+        };
+        let key = Self {
+            proto,
+            _pad: [0; 3],
+            lo_port: lo.1,
+            hi_port: hi.1,
+            lo_addr: lo.0,
+            hi_addr: hi.0,
+        };
+        (key, mine)
+    }
+}
+
+/// One end's state in a connection's entry (`CtValue::ends`), written only by the hooks of the
+/// local endpoint at that end. `ifindex == 0`: the end is not a tracked local endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtEnd {
+    /// Host-side interface of the local endpoint at this end. A hook uses an end only when it
+    /// is its own interface: a pod that forges the other end's address does not get its state.
+    pub ifindex: u32,
+    /// Generation this end last allowed the connection under; a different active generation
+    /// makes its next packet re-check the policy.
+    pub generation: u32,
+    /// Policy direction of the packet that this end decided the connection on: `DIR_EGRESS`
+    /// when this end opened it, `DIR_INGRESS` when the other end did.
+    pub direction: u8,
+    /// `verdict::ALLOW`, or `verdict::AUDIT_DENY` in audit mode; `verdict::DENY` for a
+    /// connection a re-check denied: this end drops its packets both ways until a new SYN or a
+    /// new generation decides it again.
+    pub verdict: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A connection's entry: the state of each of its ends that is a local endpoint, indexed like
+/// the key (`[lo, hi]`). Same-node connections fill both: when both ends allow it under the
+/// active generation, the sender's `fg_from_pod` marks the packet `trust::MASK` and the
+/// receiver's `fg_to_pod` does not judge it again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValue {
-    /// Generation the connection was last allowed under; a different active generation
-    /// makes the next packet re-check the policy.
-    pub generation: u32,
-    /// Policy direction of the packet that created it: `DIR_EGRESS` when the local endpoint
-    /// opened the connection, `DIR_INGRESS` when the remote end did.
-    pub direction: u8,
-    /// `verdict::ALLOW`, or `verdict::AUDIT_DENY` in audit mode; `verdict::DENY` for a
-    /// connection a re-check denied: its packets are dropped both ways until a new SYN or a new
-    /// generation decides it again.
-    pub verdict: u8,
-    pub _pad: [u8; 2],
-    /// Same-node connections: the generation under which the other end's own hook (another
-    /// local endpoint's `fg_to_pod`) last passed this connection; 0 when not known. While it
-    /// equals `generation` and the active generation, packets this endpoint sends carry
-    /// `trust::MASK` and the other end's `fg_to_pod` does not judge them again.
-    pub peer_generation: u32,
-    pub _pad2: u32,
-    pub created_ns: u64,
+    pub ends: [CtEnd; 2],
+    /// `bpf_ktime_get_ns` of the last decision written into the entry.
+    pub decided_ns: u64,
 }
+
+/// The index of a connection end in `ConnKey` and `CtValue::ends`.
+pub const CT_LO: usize = 0;
+pub const CT_HI: usize = 1;
 
 /// How `fg_from_pod` tells the receiving pod's `fg_to_pod` on the same node what it found: two
 /// bits of the skb's mark, set at the sender's TC ingress hook and read and cleared at the
@@ -327,11 +385,13 @@ pub struct CtValue {
 /// them. No CNI or kube-proxy mode flowgate runs with uses these bits (kube-proxy uses 0x4000 and
 /// 0x8000, Calico 0xffff0000 by default, Cilium 0x0f00 and the upper half).
 pub mod trust {
-    /// The packet was judged by a sending endpoint's `fg_from_pod`. Alone: the receiving hook
-    /// judges it and, when it passes, records that in the sender's entry.
+    /// `fg_from_pod` sets both bits, never one: the connection's entry has both of its ends
+    /// (two local endpoints) allowing it under the active generation, so the receiving hook
+    /// passes the packet without judging it again. One bit alone means nothing: the receiving
+    /// hook judges the packet. Two bits make a collision with another user of the mark less
+    /// likely to be taken as trust.
     pub const SENT_BY_ENDPOINT: u32 = 0x10;
-    /// With `SENT_BY_ENDPOINT`: both ends of the connection passed it under the active
-    /// generation, so the receiving hook passes the packet without judging it again.
+    /// See `SENT_BY_ENDPOINT`.
     pub const PEER_JUDGED: u32 = 0x20;
     /// Both bits: what `fg_to_pod` trusts, and what both programs clear.
     pub const MASK: u32 = SENT_BY_ENDPOINT | PEER_JUDGED;
@@ -406,8 +466,10 @@ pub const PIN_MAGIC: u32 = u32::from_le_bytes(*b"FGPN");
 const _: () = assert!(size_of::<PolicyKeyData>() == 12);
 const _: () = assert!(size_of::<FlowEvent>() == 88);
 const _: () = assert!(core::mem::align_of::<FlowEvent>() == 8);
-const _: () = assert!(size_of::<CtKey>() == 44);
-const _: () = assert!(size_of::<CtValue>() == 24);
+const _: () = assert!(size_of::<FlowKey>() == 44);
+const _: () = assert!(size_of::<ConnKey>() == 40);
+const _: () = assert!(size_of::<CtEnd>() == 12);
+const _: () = assert!(size_of::<CtValue>() == 32);
 const _: () = assert!(size_of::<FragKey>() == 44);
 const _: () = assert!(size_of::<DedupValue>() == 32);
 const _: () = assert!(size_of::<Active>() == 8);
@@ -432,7 +494,9 @@ mod user {
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::PolicyKeyData {}
     unsafe impl aya::Pod for super::FlowEvent {}
-    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::CtEnd {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}

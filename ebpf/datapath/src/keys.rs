@@ -7,7 +7,7 @@
 //! `[u32; N]` and transmuted, each key is a handful of word stores, and addresses travel through
 //! the programs as `Addr` words.
 
-use flowgate_abi::{CtKey, CtValue, EndpointKey, FragKey, PolicyKeyData};
+use flowgate_abi::{CT_HI, CT_LO, ConnKey, CtValue, EndpointKey, FlowKey, FragKey, PolicyKeyData};
 
 /// An address as it sits in a map key: IPv6, or IPv4 mapped (`::ffff:a.b.c.d`), its 16 bytes in
 /// network order held as four words (word `i` holds bytes `4i..4i + 4` in memory order).
@@ -61,20 +61,17 @@ fn pair_word(first: [u8; 2], second: [u8; 2]) -> u32 {
     u32::from_ne_bytes([first[0], first[1], second[0], second[1]])
 }
 
-/// The conntrack key: the endpoint's view of the connection.
+/// The endpoint's view of a flow (the deny-dedup key).
 #[inline(always)]
-pub(crate) fn ct_key(
-    ifindex: u32,
-    proto: u8,
-    local_port: u16,
-    remote_port: u16,
-    local: Addr,
-    remote: Addr,
-) -> CtKey {
+pub(crate) fn flow_key(ifindex: u32, proto: u8, view: &View) -> FlowKey {
+    let (local, remote) = (view.local, view.remote);
     let words: [u32; 11] = [
         ifindex,
         byte_word(proto),
-        pair_word(local_port.to_ne_bytes(), remote_port.to_ne_bytes()),
+        pair_word(
+            view.local_port.to_ne_bytes(),
+            view.remote_port.to_ne_bytes(),
+        ),
         local[0],
         local[1],
         local[2],
@@ -84,30 +81,119 @@ pub(crate) fn ct_key(
         remote[2],
         remote[3],
     ];
-    // SAFETY: `CtKey` is `repr(C)`, 44 bytes (asserted in flowgate-abi) of integers and byte
+    // SAFETY: `FlowKey` is `repr(C)`, 44 bytes (asserted in flowgate-abi) of integers and byte
     // arrays laid out as above with no implicit padding; every bit pattern is valid.
-    unsafe { core::mem::transmute::<[u32; 11], CtKey>(words) }
+    unsafe { core::mem::transmute::<[u32; 11], FlowKey>(words) }
 }
 
-/// A conntrack value.
+/// A packet's flow as the local endpoint sees it: `local` is the pod's side.
+#[derive(Clone, Copy)]
+pub(crate) struct View {
+    pub(crate) local: Addr,
+    pub(crate) remote: Addr,
+    pub(crate) local_port: u16,
+    pub(crate) remote_port: u16,
+}
+
+/// Whether end `(a, a_port)` orders before `(b, b_port)`: address words as stored, then port.
+/// Any fixed order would do; both ends of a connection must only compute the same one.
+#[inline(always)]
+fn lower(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
+    if a[3] != b[3] {
+        // The word that differs first for IPv4 (mapped: the first three words are the same).
+        return a[3] < b[3];
+    }
+    if a[0] != b[0] {
+        return a[0] < b[0];
+    }
+    if a[1] != b[1] {
+        return a[1] < b[1];
+    }
+    if a[2] != b[2] {
+        return a[2] < b[2];
+    }
+    a_port < b_port
+}
+
+/// The conntrack key of the connection, and which of its ends is the local endpoint
+/// (`CT_LO` or `CT_HI`).
+#[inline(always)]
+pub(crate) fn conn_key(proto: u8, view: &View) -> (ConnKey, usize) {
+    let local_lo = lower(&view.local, view.local_port, &view.remote, view.remote_port);
+    let (lo, lo_port, hi, hi_port, mine) = if local_lo {
+        (
+            view.local,
+            view.local_port,
+            view.remote,
+            view.remote_port,
+            CT_LO,
+        )
+    } else {
+        (
+            view.remote,
+            view.remote_port,
+            view.local,
+            view.local_port,
+            CT_HI,
+        )
+    };
+    let words: [u32; 10] = [
+        byte_word(proto),
+        pair_word(lo_port.to_ne_bytes(), hi_port.to_ne_bytes()),
+        lo[0],
+        lo[1],
+        lo[2],
+        lo[3],
+        hi[0],
+        hi[1],
+        hi[2],
+        hi[3],
+    ];
+    // SAFETY: `ConnKey` is `repr(C)`, 40 bytes (asserted in flowgate-abi): proto, 3 pad bytes,
+    // the two ports, the two addresses; no implicit padding, every bit pattern is valid.
+    (
+        unsafe { core::mem::transmute::<[u32; 10], ConnKey>(words) },
+        mine,
+    )
+}
+
+/// A new conntrack entry holding one end's state (`mine`); the other end is empty.
 #[inline(always)]
 pub(crate) fn ct_value(
+    mine: usize,
+    ifindex: u32,
     generation: u32,
     direction: u8,
     verdict: u8,
-    peer_generation: u32,
-    created_ns: u64,
+    decided_ns: u64,
 ) -> CtValue {
-    let g = generation.to_ne_bytes();
-    let p = peer_generation.to_ne_bytes();
-    let words: [u64; 3] = [
-        u64::from_ne_bytes([g[0], g[1], g[2], g[3], direction, verdict, 0, 0]),
-        u64::from_ne_bytes([p[0], p[1], p[2], p[3], 0, 0, 0, 0]),
-        created_ns,
+    // One end: ifindex, generation, then direction, verdict and 2 pad bytes.
+    let end = [
+        ifindex,
+        generation,
+        u32::from_ne_bytes([direction, verdict, 0, 0]),
     ];
-    // SAFETY: `CtValue` is `repr(C)`, 24 bytes (asserted in flowgate-abi): generation, direction,
-    // verdict, 2 pad bytes, peer_generation, 4 pad bytes, created_ns; every bit pattern is valid.
-    unsafe { core::mem::transmute::<[u64; 3], CtValue>(words) }
+    let empty = [0u32; 3];
+    let (lo, hi) = if mine == CT_HI {
+        (empty, end)
+    } else {
+        (end, empty)
+    };
+    let ns = decided_ns.to_ne_bytes();
+    let words: [u32; 8] = [
+        lo[0],
+        lo[1],
+        lo[2],
+        hi[0],
+        hi[1],
+        hi[2],
+        u32::from_ne_bytes([ns[0], ns[1], ns[2], ns[3]]),
+        u32::from_ne_bytes([ns[4], ns[5], ns[6], ns[7]]),
+    ];
+    // SAFETY: `CtValue` is `repr(C)`, 32 bytes (asserted in flowgate-abi): two 12-byte `CtEnd`s
+    // (ifindex, generation, direction, verdict, 2 pad bytes) and `decided_ns` at offset 24, no
+    // implicit padding; every bit pattern is valid.
+    unsafe { core::mem::transmute::<[u32; 8], CtValue>(words) }
 }
 
 /// The endpoint table's key.

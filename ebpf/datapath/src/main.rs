@@ -14,18 +14,18 @@
 )]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use flowgate_abi::{
-    ABI_VERSION, Active, CtKey, CtValue, DENY_WINDOW_NS, DIR_EGRESS, DIR_INGRESS, DedupValue,
-    ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, EndpointInfo, EndpointKey, FlowEvent,
-    FragKey, FragValue, IpCacheValue, LOST_ALLOW, LOST_AUDIT, LOST_DENY, LOST_SLOTS, MODE_AUDIT,
-    POLICY_PREFIX_FULL, PROTO_TCP, PolicyKeyData, PolicyValue, capacity, event_flags, reason,
-    stats, trust, verdict,
+    ABI_VERSION, Active, CT_HI, CT_LO, ConnKey, CtEnd, CtValue, DENY_WINDOW_NS, DIR_EGRESS,
+    DIR_INGRESS, DedupValue, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, EndpointInfo,
+    EndpointKey, FlowEvent, FlowKey, FragKey, FragValue, IpCacheValue, LOST_ALLOW, LOST_AUDIT,
+    LOST_DENY, LOST_SLOTS, MODE_AUDIT, POLICY_PREFIX_FULL, PROTO_TCP, PolicyKeyData, PolicyValue,
+    capacity, event_flags, reason, stats, trust, verdict,
 };
 
 #[map]
@@ -44,7 +44,7 @@ static FG_POLICY: LpmTrie<PolicyKeyData, PolicyValue> =
     LpmTrie::with_max_entries(capacity::POLICY, 0);
 
 #[map]
-static FG_CONNTRACK: LruHashMap<CtKey, CtValue> =
+static FG_CONNTRACK: LruHashMap<ConnKey, CtValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
 #[map]
@@ -53,7 +53,7 @@ static FG_FRAGS: LruHashMap<FragKey, FragValue> =
 
 /// Keyed by the flow with the deny reason in `_pad[0]`.
 #[map]
-static FG_DENY_DEDUP: LruHashMap<CtKey, DedupValue> =
+static FG_DENY_DEDUP: LruHashMap<FlowKey, DedupValue> =
     LruHashMap::with_max_entries(capacity::DENY_DEDUP, 0);
 
 /// Flow events; the agent may resize it at load time.
@@ -85,7 +85,7 @@ const EVENT_REVERSED: u8 = 0x80;
 mod keys;
 mod parse;
 
-use keys::{as_bytes, ct_key, ct_value, endpoint_key, policy_key};
+use keys::{View, as_bytes, conn_key, ct_value, endpoint_key, flow_key, policy_key};
 use parse::{KIND_FRAGMENT_UNKNOWN, KIND_PASS, Packet, parse};
 
 /// Packets the pod sends: decided by its egress policy.
@@ -99,7 +99,7 @@ pub fn fg_from_pod(ctx: TcContext) -> i32 {
         // SAFETY: as above; the mark is writable from TC programs.
         unsafe { (*skb).mark = mark & !trust::MASK };
     }
-    decide(&ctx, DIR_EGRESS, false)
+    decide(&ctx, DIR_EGRESS)
 }
 
 /// Packets the pod receives: decided by its ingress policy, unless both ends of a same-node
@@ -109,7 +109,6 @@ pub fn fg_to_pod(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: `skb` is the program's context pointer, valid for the whole run.
     let mark = unsafe { (*skb).mark };
-    let mut sent_by_endpoint = false;
     if mark & trust::MASK != 0 {
         // SAFETY: as above; the mark is writable from TC programs.
         let from = unsafe {
@@ -121,10 +120,9 @@ pub fn fg_to_pod(ctx: TcContext) -> i32 {
             count(stats::PEER_JUDGED);
             return TC_ACT_OK;
         }
-        sent_by_endpoint = mark & trust::SENT_BY_ENDPOINT != 0;
     }
     count(stats::JUDGED_AT_RECEIVER);
-    decide(&ctx, DIR_INGRESS, sent_by_endpoint)
+    decide(&ctx, DIR_INGRESS)
 }
 
 #[inline(always)]
@@ -135,14 +133,14 @@ fn count(slot: u32) {
     }
 }
 
-/// Sets the hint `fg_to_pod` reads (`trust`), keeping the mark's other bits; only
-/// `fg_from_pod` calls it.
+/// Sets `trust::MASK` for `fg_to_pod`, keeping the mark's other bits; only `fg_from_pod` calls
+/// it.
 #[inline(always)]
-fn hint(ctx: &TcContext, value: u32) {
+fn trusted(ctx: &TcContext) {
     // SAFETY: `skb` is the program's context pointer; the mark is writable from TC programs.
     unsafe {
         let skb = ctx.skb.skb;
-        (*skb).mark = ((*skb).mark & !trust::MASK) | value;
+        (*skb).mark |= trust::MASK;
     }
 }
 
@@ -157,10 +155,34 @@ struct Decision {
     now: u64,
 }
 
-/// `sent_by_endpoint` (`fg_to_pod` only): the packet came from a local endpoint whose
-/// `fg_from_pod` judged it; when this hook passes it, the sender's entry learns that.
+/// One end of a connection's entry (`CT_LO` or `CT_HI`).
 #[inline(always)]
-fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
+fn end_of(ct: *mut CtValue, end: usize) -> *mut CtEnd {
+    // SAFETY: `ct` is a valid map value pointer; both indexes are in bounds (`end` is one of the
+    // two constants), and the pointer is formed without a bounds-check branch the verifier
+    // would have to follow.
+    unsafe {
+        if end == CT_HI {
+            core::ptr::addr_of_mut!((*ct).ends[CT_HI])
+        } else {
+            core::ptr::addr_of_mut!((*ct).ends[CT_LO])
+        }
+    }
+}
+
+/// Whether an end allows the connection under `generation`, for the interface `ifindex`.
+#[inline(always)]
+fn end_current(end: *const CtEnd, ifindex: u32, generation: u32) -> bool {
+    // SAFETY: a valid pointer into a map value; plain integer fields.
+    unsafe {
+        (*end).ifindex == ifindex
+            && (*end).generation == generation
+            && (*end).verdict != verdict::DENY
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: `skb` is the program's context pointer, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(pkt) = parse(ctx, ifindex) else {
@@ -178,65 +200,54 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
         // No snapshot applied yet.
         return TC_ACT_OK;
     }
-    // The endpoint's view of the connection: one key for both directions. One key on the
-    // stack, reused below (the BPF stack is 512 bytes, and everything here is inlined into one
-    // frame).
-    let mut key = if dir == DIR_EGRESS {
-        ct_key(
-            ifindex,
-            pkt.proto,
-            pkt.src_port,
-            pkt.dst_port,
-            pkt.src,
-            pkt.dst,
-        )
+    // The endpoint's view of the packet, and the connection's key: one key for both ends and
+    // both directions.
+    let view = if dir == DIR_EGRESS {
+        View {
+            local: pkt.src,
+            remote: pkt.dst,
+            local_port: pkt.src_port,
+            remote_port: pkt.dst_port,
+        }
     } else {
-        ct_key(
-            ifindex,
-            pkt.proto,
-            pkt.dst_port,
-            pkt.src_port,
-            pkt.dst,
-            pkt.src,
-        )
+        View {
+            local: pkt.dst,
+            remote: pkt.src,
+            local_port: pkt.dst_port,
+            remote_port: pkt.src_port,
+        }
     };
+    let (key, mine) = conn_key(pkt.proto, &view);
     // A TCP SYN always opens a new connection (a reused 5-tuple must not pass silently as an old
     // one): it skips connection tracking and is decided, tracked and reported afresh.
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // The connection's entry: one lookup decides an established packet, before anything else.
     let mut stale: Option<u8> = None;
     if !syn && let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
-        // SAFETY: a valid map value pointer; plain integer fields.
-        let (ct_generation, opened, ct_verdict, peer_generation) = unsafe {
-            (
-                (*ct).generation,
-                (*ct).direction,
-                (*ct).verdict,
-                (*ct).peer_generation,
-            )
-        };
+        let end = end_of(ct, mine);
         // Entries are only made for managed endpoints, and every change of the endpoints is a
-        // new generation: a current entry means a managed endpoint, without looking it up. A
+        // new generation: a current end means a managed endpoint, without looking it up. A
         // connection denied under this generation stays denied in both directions (only a new
         // SYN or a new generation decides it again): re-checked below, dropped, counted.
-        if ct_generation == generation && ct_verdict != verdict::DENY {
+        if end_current(end, ifindex, generation) {
+            // Sent to a local endpoint whose end is current too: its `fg_to_pod` would pass
+            // the packet on this entry, so it need not judge it again.
             if dir == DIR_EGRESS {
-                if peer_generation == generation {
-                    hint(ctx, trust::MASK);
-                } else {
-                    hint(ctx, trust::SENT_BY_ENDPOINT);
+                let other = end_of(ct, CT_HI - mine);
+                // SAFETY: as in `end_current`.
+                let other_ifindex = unsafe { (*other).ifindex };
+                if other_ifindex != 0 && end_current(other, other_ifindex, generation) {
+                    trusted(ctx);
                 }
-            } else if sent_by_endpoint {
-                if peer_generation != generation {
-                    // The sender's hook passed it: it will pass this end's packets too.
-                    // SAFETY: as above.
-                    unsafe { (*ct).peer_generation = generation };
-                }
-                note_peer(ctx, &pkt, &mut key, generation);
             }
             return TC_ACT_OK;
         }
-        stale = Some(opened);
+        // SAFETY: as in `end_current`.
+        unsafe {
+            if (*end).ifindex == ifindex && (*end).generation != 0 {
+                stale = Some((*end).direction);
+            }
+        }
     }
     let ep_key = endpoint_key(ifindex, parity);
     // SAFETY: the value is copied out at once.
@@ -245,27 +256,22 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
         return TC_ACT_OK;
     };
     let ep = *ep;
+    let conn = Conn {
+        key: &key,
+        mine,
+        ifindex,
+    };
 
     if let Some(opened) = stale {
         // The policy changed since: re-check the connection in the direction it was opened.
-        // Its remote end is `remote_addr`; the port asked for is the opened-to end's.
+        // Its remote end is the view's; the port asked for is the opened-to end's.
         let port = if opened == DIR_EGRESS {
-            key.remote_port
+            view.remote_port
         } else {
-            key.local_port
+            view.local_port
         };
-        let d = policy(&ep, opened, &pkt, &key.remote_addr, port);
-        return recheck(
-            ctx,
-            &ep,
-            opened,
-            dir,
-            &pkt,
-            &mut key,
-            d,
-            audit,
-            sent_by_endpoint,
-        );
+        let d = policy(&ep, opened, &pkt, as_bytes(&view.remote), port);
+        return recheck(&conn, &ep, opened, dir, &pkt, &view, d, audit);
     }
 
     // A new flow. Into a pod: a flooded copy of a frame for another local pod is not ours.
@@ -276,96 +282,30 @@ fn decide(ctx: &TcContext, dir: u8, sent_by_endpoint: bool) -> i32 {
     {
         return TC_ACT_OK;
     }
-    let mut d = policy(&ep, dir, &pkt, &key.remote_addr, pkt.dst_port);
+    let mut d = policy(&ep, dir, &pkt, as_bytes(&view.remote), pkt.dst_port);
     if d.allow {
-        track(
-            &key,
-            &ep,
-            dir,
-            verdict::ALLOW,
-            peer(dir, &ep, sent_by_endpoint),
-            d.now,
-        );
+        track(&conn, &ep, dir, verdict::ALLOW, d.now);
         emit(&ep, dir, &pkt, verdict::ALLOW, &d, (1, pkt.len), 0, 0);
-        passed(ctx, dir, &pkt, &mut key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     if pkt.kind == KIND_FRAGMENT_UNKNOWN {
         d.reason = reason::FRAGMENT_UNKNOWN;
     }
     if audit {
-        track(
-            &key,
-            &ep,
-            dir,
-            verdict::AUDIT_DENY,
-            peer(dir, &ep, sent_by_endpoint),
-            d.now,
-        );
+        track(&conn, &ep, dir, verdict::AUDIT_DENY, d.now);
         emit(&ep, dir, &pkt, verdict::AUDIT_DENY, &d, (1, pkt.len), 0, 0);
-        passed(ctx, dir, &pkt, &mut key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
-    deny(&ep, dir, &pkt, &mut key, &d, 0);
+    deny(&ep, dir, &pkt, &view, &d, 0);
     TC_ACT_SHOT
 }
 
-/// The `peer_generation` of an entry a hook writes as it passes a packet: a packet into a pod
-/// that another local pod's `fg_from_pod` passed (`SENT_BY_ENDPOINT`: that end's entry is
-/// current and not denied) means the other end's `fg_to_pod` passes this end's packets too.
-#[inline(always)]
-fn peer(dir: u8, ep: &EndpointInfo, sent_by_endpoint: bool) -> u32 {
-    if dir == DIR_INGRESS && sent_by_endpoint {
-        ep.generation
-    } else {
-        0
-    }
-}
-
-/// After a hook passed a packet it judged: the sending hook marks it for the receiving one;
-/// the receiving hook records the pass in the sender's entry.
-#[inline(always)]
-fn passed(
-    ctx: &TcContext,
-    dir: u8,
-    pkt: &Packet,
-    key: &mut CtKey,
-    generation: u32,
-    sent_by_endpoint: bool,
-) {
-    if dir == DIR_EGRESS {
-        hint(ctx, trust::SENT_BY_ENDPOINT);
-    } else if sent_by_endpoint {
-        note_peer(ctx, pkt, key, generation);
-    }
-}
-
-/// `fg_to_pod` passed a packet that another local endpoint sent (it came in through that
-/// endpoint's interface, `ingress_ifindex`): in the sender's entry for the connection, record
-/// that this end passed it under `generation`. The sender's later packets then carry
-/// `trust::MASK`. `key` is this endpoint's key, overwritten with the sender's (the packet as
-/// the sender's egress sees it).
-#[inline(always)]
-fn note_peer(ctx: &TcContext, pkt: &Packet, key: &mut CtKey, generation: u32) {
-    // SAFETY: `skb` is the program's context pointer.
-    let sender = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    *key = ct_key(
-        sender,
-        pkt.proto,
-        pkt.src_port,
-        pkt.dst_port,
-        pkt.src,
-        pkt.dst,
-    );
-    if let Some(ct) = FG_CONNTRACK.get_ptr_mut(&*key) {
-        // SAFETY: a valid map value pointer; plain integer fields. A race with the sender's
-        // own update can only leave the hint unset (the sender re-stamps its entry afresh).
-        unsafe {
-            if (*ct).generation == generation && (*ct).verdict != verdict::DENY {
-                (*ct).peer_generation = generation;
-            }
-        }
-    }
+/// The connection's entry as one hook writes it: the key, the local endpoint's end, its
+/// interface.
+struct Conn<'a> {
+    key: &'a ConnKey,
+    mine: usize,
+    ifindex: u32,
 }
 
 /// The result of re-checking an established connection after a policy change. `opened` is
@@ -377,26 +317,17 @@ fn note_peer(ctx: &TcContext, pkt: &Packet, key: &mut CtKey, generation: u32) {
     reason = "all scalars or borrowed; a struct would cost BPF stack"
 )]
 fn recheck(
-    ctx: &TcContext,
+    conn: &Conn,
     ep: &EndpointInfo,
     opened: u8,
     dir: u8,
     pkt: &Packet,
-    ct_key: &mut CtKey,
+    view: &View,
     mut d: Decision,
     audit: bool,
-    sent_by_endpoint: bool,
 ) -> i32 {
     if d.allow {
-        track(
-            ct_key,
-            ep,
-            opened,
-            verdict::ALLOW,
-            peer(dir, ep, sent_by_endpoint),
-            d.now,
-        );
-        passed(ctx, dir, pkt, ct_key, ep.generation, sent_by_endpoint);
+        track(conn, ep, opened, verdict::ALLOW, d.now);
         return TC_ACT_OK;
     }
     d.reason = reason::RECHECK_DENY;
@@ -406,14 +337,7 @@ fn recheck(
         event_flags::RECHECK
     };
     if audit {
-        track(
-            ct_key,
-            ep,
-            opened,
-            verdict::AUDIT_DENY,
-            peer(dir, ep, sent_by_endpoint),
-            d.now,
-        );
+        track(conn, ep, opened, verdict::AUDIT_DENY, d.now);
         emit(
             ep,
             opened,
@@ -424,13 +348,12 @@ fn recheck(
             0,
             flags,
         );
-        passed(ctx, dir, pkt, ct_key, ep.generation, sent_by_endpoint);
         return TC_ACT_OK;
     }
     // Kept, as denied: a later packet of the connection, either way, is dropped too. Removing
     // it would let the other end's next packet open the connection afresh as a new flow.
-    track(ct_key, ep, opened, verdict::DENY, 0, d.now);
-    deny(ep, opened, pkt, ct_key, &d, flags);
+    track(conn, ep, opened, verdict::DENY, d.now);
+    deny(ep, opened, pkt, view, &d, flags);
     TC_ACT_SHOT
 }
 
@@ -476,39 +399,61 @@ fn policy(ep: &EndpointInfo, dir: u8, pkt: &Packet, remote: &[u8; 16], port: u16
     }
 }
 
-/// Records the connection's decision. An entry still in the table for the same key (a re-check,
-/// or a new connection on a reused tuple) is rewritten in place: an insert into the LRU map
-/// takes a free element, locks the bucket and frees the replaced element, and in traffic that
-/// was the largest cost of a new connection.
+/// Records this end's decision in the connection's entry. An entry already in the table (the
+/// other end's, a re-check, or a new connection on a reused tuple) is written in place: an
+/// insert into the LRU map takes a free element, locks the bucket and frees the replaced
+/// element, and in traffic the first touch of a new entry is the largest cost of a new
+/// connection. So a connection between two pods of the node is one entry, not two.
 ///
-/// Concurrent writers of one entry (a SYN and a stray packet of the tuple's previous connection
-/// on another CPU) can interleave their fields. That never allows more: the verdict written is
-/// always one that a decision for this tuple under this generation made, and the generation,
-/// which makes the entry count, is written last.
+/// Each end is written only by its own endpoint's hooks. Concurrent writers of one end (a SYN
+/// and a stray packet of the tuple's previous connection on another CPU) can interleave its
+/// fields. That never allows more: the verdict written is always one that a decision for this
+/// tuple under this generation made, and the generation, which makes the end count, is written
+/// last. An end held under the current generation by another interface (a pod sending with
+/// another local pod's address) is left alone: the packet was decided, it is not tracked.
 #[inline(always)]
-fn track(key: &CtKey, ep: &EndpointInfo, dir: u8, v: u8, peer_generation: u32, now: u64) {
-    if let Some(ct) = FG_CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: a valid map value pointer; plain integer fields.
-        unsafe {
-            (*ct).direction = dir;
-            (*ct).verdict = v;
-            (*ct).peer_generation = peer_generation;
-            (*ct).created_ns = now;
-            (*ct).generation = ep.generation;
-        }
+fn track(conn: &Conn, ep: &EndpointInfo, dir: u8, v: u8, now: u64) {
+    let generation = ep.generation;
+    if let Some(ct) = FG_CONNTRACK.get_ptr_mut(conn.key) {
+        write_end(ct, conn, generation, dir, v, now);
         return;
     }
-    let value = ct_value(ep.generation, dir, v, peer_generation, now);
-    let _ = FG_CONNTRACK.insert(key, &value, 0);
+    let value = ct_value(conn.mine, conn.ifindex, generation, dir, v, now);
+    if FG_CONNTRACK
+        .insert(conn.key, &value, u64::from(BPF_NOEXIST))
+        .is_err()
+        && let Some(ct) = FG_CONNTRACK.get_ptr_mut(conn.key)
+    {
+        // The other end inserted the entry since the lookup: write this end into it.
+        write_end(ct, conn, generation, dir, v, now);
+    }
+}
+
+#[inline(always)]
+fn write_end(ct: *mut CtValue, conn: &Conn, generation: u32, dir: u8, v: u8, now: u64) {
+    let end = end_of(ct, conn.mine);
+    // SAFETY: a valid pointer into a map value; plain integer fields.
+    unsafe {
+        let holder = (*end).ifindex;
+        if holder != conn.ifindex && holder != 0 && (*end).generation == generation {
+            return;
+        }
+        (*end).ifindex = conn.ifindex;
+        (*end).direction = dir;
+        (*end).verdict = v;
+        (*ct).decided_ns = now;
+        (*end).generation = generation;
+    }
 }
 
 /// Reports a denied packet: the first of a (5-tuple, reason) at once, then at most one event per
 /// window carrying the count of packets since the last one. Never sampled.
 #[inline(always)]
-fn deny(ep: &EndpointInfo, dir: u8, pkt: &Packet, key: &mut CtKey, d: &Decision, flags: u8) {
-    // The dedup key is the flow plus the reason (in the pad byte); `key` is not used after this.
-    key._pad[0] = d.reason;
-    let dkey = &*key;
+fn deny(ep: &EndpointInfo, dir: u8, pkt: &Packet, view: &View, d: &Decision, flags: u8) {
+    // The dedup key is the endpoint's view of the flow plus the reason (in the pad byte).
+    let mut dkey = flow_key(pkt.ifindex, pkt.proto, view);
+    dkey._pad[0] = d.reason;
+    let dkey = &dkey;
     let now = d.now;
     match FG_DENY_DEDUP.get_ptr_mut(dkey) {
         Some(state) => {

@@ -22,9 +22,9 @@ use aya::programs::TcAttachType;
 use aya::programs::links::{FdLink, Link as _, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcHandle};
 use flowgate_abi::{
-    ABI_VERSION, Active, CtKey, CtValue, DedupValue, EndpointInfo, EndpointKey, FragKey, FragValue,
-    IpCacheKey, IpCacheValue, LOST_SLOTS, PIN_MAGIC, PinMeta, PolicyKey, PolicyValue, capacity,
-    maps, stats,
+    ABI_VERSION, Active, ConnKey, CtValue, DedupValue, EndpointInfo, EndpointKey, FlowKey, FragKey,
+    FragValue, IpCacheKey, IpCacheValue, LOST_SLOTS, PIN_MAGIC, PinMeta, PolicyKey, PolicyValue,
+    capacity, maps, stats,
 };
 use nix::fcntl::{Flock, FlockArg};
 
@@ -120,7 +120,7 @@ pub const LAYOUT: [MapLayout; 11] = [
     layout(
         maps::CONNTRACK,
         MapType::LruHash,
-        size::<CtKey>(),
+        size::<ConnKey>(),
         size::<CtValue>(),
         Some(capacity::CONNTRACK),
     ),
@@ -134,7 +134,7 @@ pub const LAYOUT: [MapLayout; 11] = [
     layout(
         maps::DENY_DEDUP,
         MapType::LruHash,
-        size::<CtKey>(),
+        size::<FlowKey>(),
         size::<DedupValue>(),
         Some(capacity::DENY_DEDUP),
     ),
