@@ -34,6 +34,7 @@ pub mod maps {
     pub const LOST: &str = "FG_LOST";
     pub const LOCAL_IPS: &str = "FG_LOCAL_IPS";
     pub const STATS: &str = "FG_STATS";
+    pub const FLOW_CACHE: &str = "FG_FLOW_CACHE";
 }
 
 /// Program names (at most 15 characters: the kernel truncates longer names).
@@ -54,6 +55,8 @@ pub mod capacity {
     pub const DENY_DEDUP: u32 = 65_536;
     /// Local pods' addresses (two per endpoint: dual stack).
     pub const LOCAL_IPS: u32 = 2 * ENDPOINTS;
+    /// Slots of the per-CPU flow cache (a power of two).
+    pub const FLOW_CACHE: u32 = 256;
     /// Default ring-buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 }
@@ -301,7 +304,9 @@ pub struct FlowKey {
 /// directions. Its two ends, each an (address, port), are ordered (`ConnKey::of`). A
 /// connection between two pods of the node has one entry, in which each pod's hooks keep their
 /// own `CtEnd`.
-#[repr(C)]
+///
+/// Aligned to 4 so that the kernel programs compare it word by word (the size stays 40).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnKey {
     pub proto: u8,
@@ -373,6 +378,28 @@ pub struct CtValue {
     /// `bpf_ktime_get_ns` of the last decision written into the entry.
     pub decided_ns: u64,
 }
+
+/// A per-CPU cache slot (`FLOW_CACHE`): what an established packet's conntrack lookup found,
+/// so that the connection's next packets on this CPU pass without the hash lookup. Filled when a
+/// hook passes a packet on its own end; valid only under the generation it was read under, in
+/// which an end that allows a connection cannot stop allowing it (only a re-check, under a
+/// newer generation, denies). Every `FLOW_CACHE_REFRESH`th hit takes the conntrack lookup
+/// anyway, so the LRU sees the connection in use and the slot is read afresh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowCacheSlot {
+    pub key: ConnKey,
+    /// Active generation when the slot was filled; 0: empty.
+    pub generation: u32,
+    /// Per end (`[lo, hi]`): its interface if that end allowed the connection (`ALLOW`) under
+    /// `generation`, else 0.
+    pub ifindex: [u32; 2],
+    /// Hits since the slot was filled.
+    pub hits: u32,
+}
+
+/// See `FlowCacheSlot`.
+pub const FLOW_CACHE_REFRESH: u32 = 32;
 
 /// The index of a connection end in `ConnKey` and `CtValue::ends`.
 pub const CT_LO: usize = 0;
@@ -468,8 +495,12 @@ const _: () = assert!(size_of::<FlowEvent>() == 88);
 const _: () = assert!(core::mem::align_of::<FlowEvent>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 44);
 const _: () = assert!(size_of::<ConnKey>() == 40);
+const _: () = assert!(core::mem::align_of::<ConnKey>() == 4);
 const _: () = assert!(size_of::<CtEnd>() == 12);
 const _: () = assert!(size_of::<CtValue>() == 32);
+const _: () = assert!(size_of::<FlowCacheSlot>() == 56);
+const _: () = assert!(capacity::FLOW_CACHE.is_power_of_two());
+const _: () = assert!(FLOW_CACHE_REFRESH.is_power_of_two());
 const _: () = assert!(size_of::<FragKey>() == 44);
 const _: () = assert!(size_of::<DedupValue>() == 32);
 const _: () = assert!(size_of::<Active>() == 8);
@@ -497,6 +528,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::CtEnd {}
+    unsafe impl aya::Pod for super::FlowCacheSlot {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}

@@ -23,9 +23,9 @@ use aya_ebpf::{
 use flowgate_abi::{
     ABI_VERSION, Active, CT_HI, CT_LO, ConnKey, CtEnd, CtValue, DENY_WINDOW_NS, DIR_EGRESS,
     DIR_INGRESS, DedupValue, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, EndpointInfo,
-    EndpointKey, FlowEvent, FlowKey, FragKey, FragValue, IpCacheValue, LOST_ALLOW, LOST_AUDIT,
-    LOST_DENY, LOST_SLOTS, MODE_AUDIT, POLICY_PREFIX_FULL, PROTO_TCP, PolicyKeyData, PolicyValue,
-    capacity, event_flags, reason, stats, trust, verdict,
+    EndpointKey, FLOW_CACHE_REFRESH, FlowCacheSlot, FlowEvent, FlowKey, FragKey, FragValue,
+    IpCacheValue, LOST_ALLOW, LOST_AUDIT, LOST_DENY, LOST_SLOTS, MODE_AUDIT, POLICY_PREFIX_FULL,
+    PROTO_TCP, PolicyKeyData, PolicyValue, capacity, event_flags, reason, stats, trust, verdict,
 };
 
 #[map]
@@ -67,6 +67,12 @@ static FG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 /// flow that never was that pod's.
 #[map]
 static FG_LOCAL_IPS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(capacity::LOCAL_IPS, 0);
+
+/// Per CPU: what established packets' conntrack lookups found (`FlowCacheSlot`), by a hash of
+/// the connection's key.
+#[map]
+static FG_FLOW_CACHE: PerCpuArray<FlowCacheSlot> =
+    PerCpuArray::with_max_entries(capacity::FLOW_CACHE, 0);
 
 /// How packets went through the programs (`stats`), per CPU.
 #[map]
@@ -181,6 +187,104 @@ fn end_current(end: *const CtEnd, ifindex: u32, generation: u32) -> bool {
     }
 }
 
+/// The flow-cache slot of a connection: its key's words folded and mixed (Fibonacci hashing).
+#[inline(always)]
+fn cache_index(key: &ConnKey) -> u32 {
+    let w = words(key);
+    let folded = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4] ^ w[5] ^ w[6] ^ w[7] ^ w[8] ^ w[9];
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - capacity::FLOW_CACHE.trailing_zeros())
+}
+
+/// A `ConnKey` as the ten words it is.
+#[inline(always)]
+fn words(key: &ConnKey) -> &[u32; 10] {
+    // SAFETY: `ConnKey` is `repr(C, align(4))`, 40 bytes of integers (asserted in flowgate-abi).
+    unsafe { &*core::ptr::from_ref(key).cast::<[u32; 10]>() }
+}
+
+/// A hit in the flow cache: the slot holds `key` under `generation` with this interface's end
+/// allowing it. Gives the other end's interface (0: not a current local end). Every
+/// `FLOW_CACHE_REFRESH`th hit is a miss, so that the conntrack lookup runs.
+#[inline(always)]
+fn cache_hit(
+    slot: *mut FlowCacheSlot,
+    key: &ConnKey,
+    generation: u32,
+    mine: usize,
+    ifindex: u32,
+) -> Option<u32> {
+    // SAFETY: a valid per-CPU map value pointer; plain integer fields; TC programs do not
+    // preempt each other on one CPU.
+    unsafe {
+        if (*slot).generation != generation {
+            return None;
+        }
+        let (own, other) = if mine == CT_HI {
+            ((*slot).ifindex[CT_HI], (*slot).ifindex[CT_LO])
+        } else {
+            ((*slot).ifindex[CT_LO], (*slot).ifindex[CT_HI])
+        };
+        if own != ifindex {
+            return None;
+        }
+        let (cached, ours) = (words(&(*slot).key), words(key));
+        if cached[1] != ours[1]
+            || cached[5] != ours[5]
+            || cached[9] != ours[9]
+            || cached[0] != ours[0]
+            || cached[2] != ours[2]
+            || cached[3] != ours[3]
+            || cached[4] != ours[4]
+            || cached[6] != ours[6]
+            || cached[7] != ours[7]
+            || cached[8] != ours[8]
+        {
+            return None;
+        }
+        let hits = (*slot).hits.wrapping_add(1);
+        (*slot).hits = hits;
+        if hits & (FLOW_CACHE_REFRESH - 1) == 0 {
+            return None;
+        }
+        Some(other)
+    }
+}
+
+/// Fills the slot from the entry `ct`, whose end `mine` is current: only ends that allow
+/// (`ALLOW`, not `AUDIT_DENY`) are cached.
+#[inline(always)]
+fn cache_fill(
+    slot: *mut FlowCacheSlot,
+    key: &ConnKey,
+    generation: u32,
+    ct: *mut CtValue,
+    mine: usize,
+    other_current: bool,
+) {
+    let (own, other) = (end_of(ct, mine), end_of(ct, CT_HI - mine));
+    // SAFETY: valid map value pointers; plain integer fields; see `cache_hit`.
+    unsafe {
+        if (*own).verdict != verdict::ALLOW {
+            return;
+        }
+        let other_ifindex = if other_current && (*other).verdict == verdict::ALLOW {
+            (*other).ifindex
+        } else {
+            0
+        };
+        let ifindex = if mine == CT_HI {
+            [other_ifindex, (*own).ifindex]
+        } else {
+            [(*own).ifindex, other_ifindex]
+        };
+        (*slot).generation = 0;
+        (*slot).key = *key;
+        (*slot).ifindex = ifindex;
+        (*slot).hits = 0;
+        (*slot).generation = generation;
+    }
+}
+
 #[inline(always)]
 fn decide(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: `skb` is the program's context pointer, valid for the whole run.
@@ -221,31 +325,47 @@ fn decide(ctx: &TcContext, dir: u8) -> i32 {
     // A TCP SYN always opens a new connection (a reused 5-tuple must not pass silently as an old
     // one): it skips connection tracking and is decided, tracked and reported afresh.
     let syn = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // The connection's entry: one lookup decides an established packet, before anything else.
+    // The connection's entry decides an established packet, before anything else: as this
+    // CPU's flow cache has it, else by one lookup.
     let mut stale: Option<u8> = None;
-    if !syn && let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
-        let end = end_of(ct, mine);
-        // Entries are only made for managed endpoints, and every change of the endpoints is a
-        // new generation: a current end means a managed endpoint, without looking it up. A
-        // connection denied under this generation stays denied in both directions (only a new
-        // SYN or a new generation decides it again): re-checked below, dropped, counted.
-        if end_current(end, ifindex, generation) {
-            // Sent to a local endpoint whose end is current too: its `fg_to_pod` would pass
-            // the packet on this entry, so it need not judge it again.
-            if dir == DIR_EGRESS {
-                let other = end_of(ct, CT_HI - mine);
-                // SAFETY: as in `end_current`.
-                let other_ifindex = unsafe { (*other).ifindex };
-                if other_ifindex != 0 && end_current(other, other_ifindex, generation) {
-                    trusted(ctx);
-                }
+    if !syn {
+        let slot = FG_FLOW_CACHE.get_ptr_mut(cache_index(&key));
+        if let Some(slot) = slot
+            && let Some(other) = cache_hit(slot, &key, generation, mine, ifindex)
+        {
+            if dir == DIR_EGRESS && other != 0 {
+                trusted(ctx);
             }
             return TC_ACT_OK;
         }
-        // SAFETY: as in `end_current`.
-        unsafe {
-            if (*end).ifindex == ifindex && (*end).generation != 0 {
-                stale = Some((*end).direction);
+        if let Some(ct) = FG_CONNTRACK.get_ptr_mut(&key) {
+            let end = end_of(ct, mine);
+            // Entries are only made for managed endpoints, and every change of the endpoints
+            // is a new generation: a current end means a managed endpoint, without looking it
+            // up. A connection denied under this generation stays denied in both directions
+            // (only a new SYN or a new generation decides it again): re-checked below,
+            // dropped, counted.
+            if end_current(end, ifindex, generation) {
+                let other = end_of(ct, CT_HI - mine);
+                // SAFETY: as in `end_current`.
+                let other_ifindex = unsafe { (*other).ifindex };
+                let other_current =
+                    other_ifindex != 0 && end_current(other, other_ifindex, generation);
+                // Sent to a local endpoint whose end is current too: its `fg_to_pod` would
+                // pass the packet on this entry, so it need not judge it again.
+                if dir == DIR_EGRESS && other_current {
+                    trusted(ctx);
+                }
+                if let Some(slot) = slot {
+                    cache_fill(slot, &key, generation, ct, mine, other_current);
+                }
+                return TC_ACT_OK;
+            }
+            // SAFETY: as in `end_current`.
+            unsafe {
+                if (*end).ifindex == ifindex && (*end).generation != 0 {
+                    stale = Some((*end).direction);
+                }
             }
         }
     }

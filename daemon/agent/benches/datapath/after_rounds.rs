@@ -395,10 +395,13 @@ impl Bench {
                 p.parse_only
             }),
             (
-                "TCP established: parse + FG_ACTIVE + 1 conntrack hit + mark",
+                "TCP established: parse + FG_ACTIVE + flow-cache hit + mark",
                 |p| p.established,
             ),
-            ("TCP reply, at the other hook: the same entry", |p| p.reply),
+            (
+                "TCP reply, at the other hook: the same flow-cache slot",
+                |p| p.reply,
+            ),
             (
                 "fg_to_pod, same-node packet both ends passed: the mark + a counter",
                 |p| p.trusted,

@@ -30,10 +30,12 @@ pub struct Paths {
     pub not_ip: f64,
     /// A TCP segment before any snapshot: the whole parse, then `FG_ACTIVE` says generation 0.
     pub parse_only: f64,
-    /// An established segment in the direction that opened it: parse, `FG_ACTIVE`, one
-    /// conntrack hit, the mark for the receiver.
+    /// An established segment in the direction that opened it, repeated: parse, `FG_ACTIVE`,
+    /// a hit in this CPU's flow cache (one in `FLOW_CACHE_REFRESH` is a conntrack lookup), the
+    /// mark for the receiver.
     pub established: f64,
-    /// A reply segment, at the other hook: the same entry (one key for both directions).
+    /// A reply segment, at the other hook: the same connection (one key for both ends and
+    /// directions), likewise from the flow cache.
     pub reply: f64,
     /// `fg_to_pod` on a segment the sender marked as judged by both ends: the mark, a counter.
     pub trusted: f64,

@@ -22,9 +22,9 @@ use aya::programs::TcAttachType;
 use aya::programs::links::{FdLink, Link as _, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcHandle};
 use flowgate_abi::{
-    ABI_VERSION, Active, ConnKey, CtValue, DedupValue, EndpointInfo, EndpointKey, FlowKey, FragKey,
-    FragValue, IpCacheKey, IpCacheValue, LOST_SLOTS, PIN_MAGIC, PinMeta, PolicyKey, PolicyValue,
-    capacity, maps, stats,
+    ABI_VERSION, Active, ConnKey, CtValue, DedupValue, EndpointInfo, EndpointKey, FlowCacheSlot,
+    FlowKey, FragKey, FragValue, IpCacheKey, IpCacheValue, LOST_SLOTS, PIN_MAGIC, PinMeta,
+    PolicyKey, PolicyValue, capacity, maps, stats,
 };
 use nix::fcntl::{Flock, FlockArg};
 
@@ -94,7 +94,7 @@ const fn layout(
 
 /// Every map of the object: what a pinned map must match to be adopted. A pinned load checks
 /// the maps it created against this table, so it cannot drift from the object unnoticed.
-pub const LAYOUT: [MapLayout; 11] = [
+pub const LAYOUT: [MapLayout; 12] = [
     layout(maps::ACTIVE, MapType::Array, 4, size::<Active>(), Some(1)),
     layout(
         maps::ENDPOINTS,
@@ -141,6 +141,13 @@ pub const LAYOUT: [MapLayout; 11] = [
     layout(maps::EVENTS, MapType::RingBuf, 0, 0, None),
     layout(maps::LOST, MapType::PerCpuArray, 4, 8, Some(LOST_SLOTS)),
     layout(maps::STATS, MapType::PerCpuArray, 4, 8, Some(stats::SLOTS)),
+    layout(
+        maps::FLOW_CACHE,
+        MapType::PerCpuArray,
+        4,
+        size::<FlowCacheSlot>(),
+        Some(capacity::FLOW_CACHE),
+    ),
     layout(
         maps::LOCAL_IPS,
         MapType::Hash,

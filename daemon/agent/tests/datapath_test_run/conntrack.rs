@@ -3,11 +3,14 @@
 //! the active generation, and a hook never uses or overwrites an end another interface holds.
 //!
 //! `BPF_PROG_TEST_RUN` gives every run interface 1 (web), so the other pod's end (interface 7)
-//! is written into the entry the way its own hooks would write it.
+//! is written into the entry the way its own hooks would write it. Some steps write an entry
+//! in ways a generation never sees (an end going back to an older generation): they clear the
+//! per-CPU flow cache first, which would rightly pass on what it read under the generation.
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use flowgate_abi::{
-    ConnKey, CtEnd, CtValue, DIR_EGRESS, DIR_INGRESS, maps, programs, trust, verdict,
+    ConnKey, CtEnd, CtValue, DIR_EGRESS, DIR_INGRESS, FlowCacheSlot, capacity, maps, programs,
+    trust, verdict,
 };
 
 use super::frame::tcp;
@@ -17,6 +20,19 @@ type Conntrack = BpfHashMap<MapData, ConnKey, CtValue>;
 
 fn conntrack(h: &mut Harness) -> Conntrack {
     h.dp.take_map(maps::CONNTRACK).unwrap().try_into().unwrap()
+}
+
+/// Empties every CPU's flow cache.
+fn forget(cache: &mut PerCpuArray<MapData, FlowCacheSlot>) {
+    let cpus = aya::util::nr_cpus().unwrap();
+    for slot in 0..capacity::FLOW_CACHE {
+        let empty = PerCpuValues::try_from(vec![FlowCacheSlot::default(); cpus]).unwrap();
+        cache.set(slot, empty, 0).unwrap();
+    }
+}
+
+fn flow_cache(h: &mut Harness) -> PerCpuArray<MapData, FlowCacheSlot> {
+    h.dp.take_map(maps::FLOW_CACHE).unwrap().try_into().unwrap()
 }
 
 fn v4(addr: &str) -> [u8; 16] {
@@ -45,6 +61,7 @@ fn a_same_node_connection_is_one_entry_and_marked_only_when_both_ends_passed_it(
     let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
     let generation = h.snap.generation;
     let mut ct = conntrack(&mut h);
+    let mut cache = flow_cache(&mut h);
     // The client pod's SYN passed web's ingress: one entry, web's end current, the other empty.
     let syn = tcp("10.2.0.1", 41000, "10.1.0.1", 80, SYN).bytes();
     let (rc, evs) = h.run(programs::TO_POD, &syn);
@@ -78,6 +95,7 @@ fn a_same_node_connection_is_one_entry_and_marked_only_when_both_ends_passed_it(
     // is current too, so web's packets are marked for its fg_to_pod.
     value.ends[1 - web] = end(7, generation, DIR_EGRESS, verdict::ALLOW);
     ct.insert(k, value, 0).unwrap();
+    forget(&mut cache);
     let (rc, evs, mark) = h.run_in(programs::FROM_POD, &reply, 0, 0);
     assert_eq!((rc, evs.len(), mark), (TC_ACT_OK, 0, trust::MASK));
 
@@ -88,6 +106,7 @@ fn a_same_node_connection_is_one_entry_and_marked_only_when_both_ends_passed_it(
     ] {
         value.ends[1 - web] = other;
         ct.insert(k, value, 0).unwrap();
+        forget(&mut cache);
         let (rc, _, mark) = h.run_in(programs::FROM_POD, &reply, 0, 0);
         assert_eq!((rc, mark), (TC_ACT_OK, 0), "{other:?}");
     }
@@ -108,6 +127,7 @@ fn an_end_held_by_another_interface_is_neither_used_nor_taken_over() {
     let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
     let generation = h.snap.generation;
     let mut ct = conntrack(&mut h);
+    let mut cache = flow_cache(&mut h);
     // 192.0.2.9 may not reach web. An entry whose web-address end is held by interface 7 (a
     // pod that sent with web's address) does not let web's traffic through on it.
     let (k, web) = key(("10.1.0.1", 80), ("192.0.2.9", 41100));
@@ -138,9 +158,88 @@ fn an_end_held_by_another_interface_is_neither_used_nor_taken_over() {
     // Once the holder's end is of an older generation, a decision takes it over.
     value.ends[web] = end(7, generation - 1, DIR_EGRESS, verdict::ALLOW);
     ct.insert(k, value, 0).unwrap();
+    forget(&mut cache);
     assert_eq!(h.run(programs::TO_POD, &ack).0, TC_ACT_OK);
     assert_eq!(
         ct.get(&k, 0).unwrap().ends[web],
         end(1, generation, DIR_INGRESS, verdict::ALLOW)
     );
+}
+
+/// Keeps the test's thread, and so its test runs, on the CPU it is on: the flow cache is per CPU.
+fn stay_on_this_cpu() {
+    // SAFETY: plain libc calls on a zeroed, then filled, CPU set of this thread.
+    unsafe {
+        let cpu = usize::try_from(libc::sched_getcpu()).unwrap();
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
+            0
+        );
+    }
+}
+
+#[test]
+fn the_flow_cache_passes_established_packets_and_refreshes_from_the_entry() {
+    require_root!();
+    stay_on_this_cpu();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    let mut ct = conntrack(&mut h);
+    let syn = tcp("10.2.0.1", 41200, "10.1.0.1", 80, SYN).bytes();
+    assert_eq!(h.run(programs::TO_POD, &syn).0, TC_ACT_OK);
+    // The first established packet passes on the entry and fills this CPU's slot.
+    let ack = tcp("10.2.0.1", 41200, "10.1.0.1", 80, ACK).bytes();
+    assert_eq!(h.run(programs::TO_POD, &ack), (TC_ACT_OK, vec![]));
+    // With the entry gone, the next packets pass on the slot: silently, no new-flow decision.
+    let (k, _) = key(("10.1.0.1", 80), ("10.2.0.1", 41200));
+    ct.remove(&k).unwrap();
+    for i in 1..flowgate_abi::FLOW_CACHE_REFRESH {
+        assert_eq!(
+            h.run(programs::TO_POD, &ack),
+            (TC_ACT_OK, vec![]),
+            "hit {i}"
+        );
+    }
+    // Every FLOW_CACHE_REFRESH-th takes the lookup: it misses, so the packet is decided as a
+    // new flow (allowed: one event) and tracked again.
+    let (rc, evs) = h.run(programs::TO_POD, &ack);
+    assert_eq!((rc, one(&evs).verdict), (TC_ACT_OK, verdict::ALLOW));
+    assert!(ct.get(&k, 0).is_ok(), "tracked again");
+}
+
+#[test]
+fn the_flow_cache_holds_only_under_its_generation() {
+    require_root!();
+    stay_on_this_cpu();
+    let mut h = Harness::new(ALLOW_CLIENT, 1 << 16);
+    let generation = h.snap.generation;
+    let mut ct = conntrack(&mut h);
+    // A same-node connection: web's reply is marked for the client pod's end (interface 7),
+    // by the entry, then by the slot it filled.
+    let syn = tcp("10.2.0.1", 41300, "10.1.0.1", 80, SYN).bytes();
+    assert_eq!(h.run(programs::TO_POD, &syn).0, TC_ACT_OK);
+    let (k, web) = key(("10.1.0.1", 80), ("10.2.0.1", 41300));
+    let mut value = ct.get(&k, 0).unwrap();
+    value.ends[1 - web] = end(7, generation, DIR_EGRESS, verdict::ALLOW);
+    ct.insert(k, value, 0).unwrap();
+    let reply = tcp("10.1.0.1", 80, "10.2.0.1", 41300, ACK).bytes();
+    for source in ["the entry", "the slot"] {
+        let (rc, evs, mark) = h.run_in(programs::FROM_POD, &reply, 0, 0);
+        assert_eq!(
+            (rc, evs.len(), mark),
+            (TC_ACT_OK, 0, trust::MASK),
+            "{source}"
+        );
+    }
+    // A new generation in which web's ingress allows nothing: the slot no longer counts, the
+    // connection is re-checked and dropped, either way.
+    h.update(super::DENY_INGRESS, flowgate_policy::maps::Mode::Enforce);
+    let (rc, evs, mark) = h.run_in(programs::FROM_POD, &reply, 0, 0);
+    assert_eq!(
+        (rc, one(&evs).reason, mark),
+        (TC_ACT_SHOT, flowgate_abi::reason::RECHECK_DENY, 0)
+    );
+    let ack = tcp("10.2.0.1", 41300, "10.1.0.1", 80, ACK).bytes();
+    assert_eq!(h.run(programs::TO_POD, &ack).0, TC_ACT_SHOT);
 }
