@@ -8,7 +8,8 @@
 //! drift cancels within each block). With the programs detached, the node is (a): nothing runs
 //! on the hooks, and the maps only sit in memory. Each block gives one ratio, the sum of its C
 //! segments over the sum of its A segments; the estimate is the median over the blocks. The
-//! same is then done with (f)'s empty program, the floor under any TC datapath.
+//! same is then done with (f)'s empty program, the floor under any TC datapath, and with (e)'s
+//! nftables set standing in for the detached programs: (c) against (e) directly.
 //!
 //! The node's own links are detached first (`BPF_LINK_DETACH`), and the same programs are then
 //! attached by fresh TCX links made here (`BPF_LINK_CREATE`, as `empty.rs` does); closing them
@@ -36,6 +37,10 @@ struct Switch {
     /// (index into `programs`, ifindex, TCX attach type) for each hook.
     hooks: Vec<(usize, u32, u32)>,
     links: Vec<OwnedFd>,
+    /// (node namespace, set elements): configuration (e) is loaded whenever the programs are
+    /// detached, and removed before they are attached.
+    instead: Option<(String, usize)>,
+    nft_loaded: bool,
 }
 
 fn u32_at(buf: &[u8], at: usize) -> u32 {
@@ -103,6 +108,8 @@ impl Switch {
             programs,
             hooks,
             links: Vec::new(),
+            instead: None,
+            nft_loaded: false,
         })
     }
 
@@ -122,6 +129,8 @@ impl Switch {
             programs: vec![empty::load()?],
             hooks,
             links: Vec::new(),
+            instead: None,
+            nft_loaded: false,
         })
     }
 
@@ -129,7 +138,19 @@ impl Switch {
         if !attached {
             // Closing a TCX link detaches its program.
             self.links.clear();
+            if let Some((netns, elements)) = &self.instead
+                && !self.nft_loaded
+            {
+                netfilter::load_nft(netns, *elements)?;
+                self.nft_loaded = true;
+            }
             return Ok(());
+        }
+        if self.nft_loaded
+            && let Some((netns, _)) = &self.instead
+        {
+            netfilter::flush(netns)?;
+            self.nft_loaded = false;
         }
         if !self.links.is_empty() {
             return Ok(());
@@ -143,6 +164,18 @@ impl Switch {
                 })
                 .collect()
         })?;
+        Ok(())
+    }
+
+    /// Detached, and nothing in its place.
+    fn release(&mut self) -> Result<()> {
+        self.links.clear();
+        if self.nft_loaded
+            && let Some((netns, _)) = &self.instead
+        {
+            netfilter::flush(netns)?;
+            self.nft_loaded = false;
+        }
         Ok(())
     }
 }
@@ -176,7 +209,7 @@ impl Bench {
         let mut node = Node::on_lab(&self.lab, Mode::Enforce, "lab")?;
         node.apply(&self.large)?;
         let mut switch = Switch::take(&netns, &ifindexes)?;
-        self.check_switch(&mut switch, Outcome::TimedOut)?;
+        self.check_switch(&mut switch, Outcome::TimedOut, Outcome::Reached)?;
         let flowgate = self.alternation(&mut switch, &mut || {
             node.drain();
         })?;
@@ -184,8 +217,26 @@ impl Bench {
         drop(node);
         let empty = if self.args.configs.contains('f') {
             let mut switch = Switch::empty(&netns, &ifindexes)?;
-            self.check_switch(&mut switch, Outcome::Reached)?;
+            self.check_switch(&mut switch, Outcome::Reached, Outcome::Reached)?;
             Some(self.alternation(&mut switch, &mut || {})?)
+        } else {
+            None
+        };
+        let nftables = if self.args.configs.contains('e') {
+            let mut node = Node::on_lab(&self.lab, Mode::Enforce, "lab")?;
+            node.apply(&self.large)?;
+            let mut switch = Switch::take(&netns, &ifindexes)?;
+            switch.instead = Some((self.node_netns.clone(), self.args.rules));
+            // Both sides enforce: flowgate attached, or the nftables set in its place.
+            let measured = self
+                .check_switch(&mut switch, Outcome::TimedOut, Outcome::TimedOut)
+                .and_then(|()| {
+                    self.alternation(&mut switch, &mut || {
+                        node.drain();
+                    })
+                });
+            switch.release()?;
+            Some(measured?)
         } else {
             None
         };
@@ -194,7 +245,8 @@ impl Bench {
         let _ = writeln!(
             out,
             "\nalternated on one live node: {} blocks of 4 segments of {:.1} s (A C C A, C A A C, ...); \
-             A = no programs, C = the programs attached; each block's ratio is its C total over its A total",
+             A = no programs (for \"(c) vs (e)\": the nftables set instead), C = the programs attached; \
+             each block's ratio is its C total over its A total",
             self.args.ab_blocks, self.args.ab_secs
         );
         let mut targets = Vec::new();
@@ -223,6 +275,27 @@ impl Bench {
                     fmt_ratio(ratio(estimate, median(&f.blocks)))
                 );
             }
+            if let Some(nftables) = &nftables {
+                let e = &nftables[i];
+                let versus = median(&e.blocks);
+                let _ = writeln!(
+                    out,
+                    "  {:<17} (c) vs (e): (e) median {}, (c) median {}; c/e median over blocks {} (blocks: {})",
+                    "",
+                    report::value(*metric, median(&e.a)),
+                    report::value(*metric, median(&e.c)),
+                    fmt_ratio(versus),
+                    blocks(&e.blocks)
+                );
+                targets.push((
+                    versus >= 1.0,
+                    format!(
+                        "{}: (c)/(e) alternated = {} (target: no worse than nftables, >= 1.00)",
+                        metric.short(),
+                        fmt_ratio(versus)
+                    ),
+                ));
+            }
             let t = metric.target_vs_none();
             targets.push((
                 estimate >= t,
@@ -241,10 +314,15 @@ impl Bench {
         Ok(out)
     }
 
-    /// The switch works both ways: attached, the flow no policy allows gives `attached`;
-    /// detached, it goes through.
-    fn check_switch(&self, switch: &mut Switch, attached: Outcome) -> Result<()> {
-        for (on, expected) in [(true, attached), (false, Outcome::Reached)] {
+    /// The switch works both ways: the flow no policy allows gives `attached` with the
+    /// programs attached and `detached` without them.
+    fn check_switch(
+        &self,
+        switch: &mut Switch,
+        attached: Outcome,
+        detached: Outcome,
+    ) -> Result<()> {
+        for (on, expected) in [(true, attached), (false, detached)] {
             switch.set(on)?;
             let seen = self.denied_flow();
             if seen.outcome != expected {
