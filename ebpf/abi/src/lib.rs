@@ -535,3 +535,62 @@ mod user {
     unsafe impl aya::Pod for super::DedupValue {}
     unsafe impl aya::Pod for super::PinMeta {}
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+
+    fn v4(a: [u8; 4], port: u16) -> ([u8; 16], u16) {
+        let mut addr = [0; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&a);
+        (addr, port)
+    }
+
+    fn v6(first: u8, last: u8, port: u16) -> ([u8; 16], u16) {
+        let mut addr = [0; 16];
+        addr[0] = first;
+        addr[15] = last;
+        (addr, port)
+    }
+
+    /// Both ends compute the same key and opposite ends, each finding its own address and port
+    /// at its index.
+    #[test]
+    fn both_ends_of_a_connection_have_one_key_and_opposite_ends() {
+        let pairs = [
+            (v4([10, 0, 0, 1], 80), v4([10, 0, 0, 2], 40000)),
+            (v4([10, 0, 0, 2], 80), v4([10, 0, 0, 1], 40000)),
+            (v4([192, 168, 1, 1], 80), v4([10, 0, 0, 1], 80)),
+            // The same address: the ports order the ends.
+            (v4([10, 0, 0, 1], 80), v4([10, 0, 0, 1], 81)),
+            // IPv6 addresses that differ in the first word only, or the last only.
+            (v6(0xfd, 1, 443), v6(0xfe, 1, 443)),
+            (v6(0xfd, 1, 443), v6(0xfd, 2, 443)),
+        ];
+        for (a, b) in pairs {
+            let (key_a, end_a) = ConnKey::of(PROTO_TCP, a, b);
+            let (key_b, end_b) = ConnKey::of(PROTO_TCP, b, a);
+            assert_eq!(key_a, key_b, "{a:?} {b:?}");
+            assert_ne!(end_a, end_b);
+            let at = |end: usize| {
+                if end == CT_LO {
+                    (key_a.lo_addr, key_a.lo_port)
+                } else {
+                    (key_a.hi_addr, key_a.hi_port)
+                }
+            };
+            assert_eq!((at(end_a), at(end_b)), (a, b));
+            assert_eq!(key_a.proto, PROTO_TCP);
+        }
+        // The protocol is part of the key.
+        let (a, b) = (v4([10, 0, 0, 1], 53), v4([10, 0, 0, 2], 5353));
+        assert_ne!(
+            ConnKey::of(PROTO_TCP, a, b).0,
+            ConnKey::of(PROTO_UDP, a, b).0
+        );
+    }
+}
