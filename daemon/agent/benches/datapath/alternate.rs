@@ -255,44 +255,35 @@ impl Bench {
             let estimate = median(&c.blocks);
             let _ = writeln!(
                 out,
-                "  {:<17} (c) vs (a): (a) median {}, (c) median {}; c/a median over blocks {} (blocks: {})",
+                "  {:<17} (c) vs (a): {}",
                 metric.short(),
-                report::value(*metric, median(&c.a)),
-                report::value(*metric, median(&c.c)),
-                fmt_ratio(estimate),
-                blocks(&c.blocks)
+                versus(*metric, 'a', 'c', c)
             );
             if let Some(empty) = &empty {
                 let f = &empty[i];
                 let _ = writeln!(
                     out,
-                    "  {:<17} (f) vs (a): (a) median {}, (f) median {}; f/a median over blocks {} (blocks: {}); c/f {}",
+                    "  {:<17} (f) vs (a): {}; c/f {}",
                     "",
-                    report::value(*metric, median(&f.a)),
-                    report::value(*metric, median(&f.c)),
-                    fmt_ratio(median(&f.blocks)),
-                    blocks(&f.blocks),
+                    versus(*metric, 'a', 'f', f),
                     fmt_ratio(ratio(estimate, median(&f.blocks)))
                 );
             }
             if let Some(nftables) = &nftables {
                 let e = &nftables[i];
-                let versus = median(&e.blocks);
+                let versus_e = median(&e.blocks);
                 let _ = writeln!(
                     out,
-                    "  {:<17} (c) vs (e): (e) median {}, (c) median {}; c/e median over blocks {} (blocks: {})",
+                    "  {:<17} (c) vs (e): {}",
                     "",
-                    report::value(*metric, median(&e.a)),
-                    report::value(*metric, median(&e.c)),
-                    fmt_ratio(versus),
-                    blocks(&e.blocks)
+                    versus(*metric, 'e', 'c', e)
                 );
                 targets.push((
-                    versus >= 1.0,
+                    versus_e >= 1.0,
                     format!(
                         "{}: (c)/(e) alternated = {} (target: no worse than nftables, >= 1.00)",
                         metric.short(),
-                        fmt_ratio(versus)
+                        fmt_ratio(versus_e)
                     ),
                 ));
             }
@@ -376,6 +367,18 @@ impl Bench {
         switch.set(false)?;
         Ok(results)
     }
+}
+
+/// One alternation of `measured` against `base`: "(base) median A, (measured) median C;
+/// measured/base median over blocks R (blocks: ...)".
+fn versus(metric: Metric, base: char, measured: char, alt: &Alternation) -> String {
+    format!(
+        "({base}) median {}, ({measured}) median {}; {measured}/{base} median over blocks {} (blocks: {})",
+        report::value(metric, median(&alt.a)),
+        report::value(metric, median(&alt.c)),
+        fmt_ratio(median(&alt.blocks)),
+        blocks(&alt.blocks)
+    )
 }
 
 fn blocks(ratios: &[f64]) -> String {
