@@ -146,12 +146,7 @@ impl Switch {
             }
             return Ok(());
         }
-        if self.nft_loaded
-            && let Some((netns, _)) = &self.instead
-        {
-            netfilter::flush(netns)?;
-            self.nft_loaded = false;
-        }
+        self.unload_nft()?;
         if !self.links.is_empty() {
             return Ok(());
         }
@@ -170,6 +165,11 @@ impl Switch {
     /// Detached, and nothing in its place.
     fn release(&mut self) -> Result<()> {
         self.links.clear();
+        self.unload_nft()
+    }
+
+    /// Removes configuration (e) if it stands in for the programs.
+    fn unload_nft(&mut self) -> Result<()> {
         if self.nft_loaded
             && let Some((netns, _)) = &self.instead
         {
