@@ -86,8 +86,9 @@ struct Args {
     /// iptables rules (d) and nftables set elements (e).
     #[arg(long, default_value_t = 10_000)]
     rules: usize,
-    /// Blocks of the (c)/(a) alternation (four segments each; 0 skips it).
-    #[arg(long, default_value_t = 8)]
+    /// Blocks of each alternation (four segments each; 0 skips it). Each block gives one
+    /// ratio; the estimate is their median.
+    #[arg(long, default_value_t = 16)]
     ab_blocks: usize,
     /// Seconds of each segment of the alternation.
     #[arg(long, default_value_t = 1.0)]
