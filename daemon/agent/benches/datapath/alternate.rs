@@ -281,9 +281,10 @@ impl Bench {
                 targets.push((
                     versus_e >= 1.0,
                     format!(
-                        "{}: (c)/(e) alternated = {} (target: no worse than nftables, >= 1.00)",
+                        "{}: (c)/(e) alternated = {}{} (target: no worse than nftables, >= 1.00)",
                         metric.short(),
-                        fmt_ratio(versus_e)
+                        fmt_ratio(versus_e),
+                        report::fmt_interval(&e.blocks)
                     ),
                 ));
             }
@@ -291,9 +292,10 @@ impl Bench {
             targets.push((
                 estimate >= t,
                 format!(
-                    "{}: (c)/(a) alternated = {} (target >= {t:.2})",
+                    "{}: (c)/(a) alternated = {}{} (target >= {t:.2})",
                     metric.short(),
-                    fmt_ratio(estimate)
+                    fmt_ratio(estimate),
+                    report::fmt_interval(&c.blocks)
                 ),
             ));
         }
@@ -373,10 +375,11 @@ impl Bench {
 /// measured/base median over blocks R (blocks: ...)".
 fn versus(metric: Metric, base: char, measured: char, alt: &Alternation) -> String {
     format!(
-        "({base}) median {}, ({measured}) median {}; {measured}/{base} median over blocks {} (blocks: {})",
+        "({base}) median {}, ({measured}) median {}; {measured}/{base} median over blocks {}{} (blocks: {})",
         report::value(metric, median(&alt.a)),
         report::value(metric, median(&alt.c)),
         fmt_ratio(median(&alt.blocks)),
+        report::fmt_interval(&alt.blocks),
         blocks(&alt.blocks)
     )
 }
