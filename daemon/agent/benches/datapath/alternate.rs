@@ -227,12 +227,9 @@ impl Pairing {
     /// The ratio this pairing's target is judged on, with the target: (c) against (a), (b)
     /// and (e).
     fn target(&self, metric: Metric) -> Option<f64> {
-        match (self.measured, self.base) {
-            ('c', 'a') => Some(metric.target_vs_none()),
-            ('c', 'b') => Some(0.98),
-            ('c', 'e') => Some(1.0),
-            _ => None,
-        }
+        (self.measured == 'c')
+            .then(|| metric.target_vs(self.base))
+            .flatten()
     }
 
     fn get(&self, metric: Metric) -> Option<&Alternation> {

@@ -158,11 +158,15 @@ impl Metric {
         }
     }
 
-    /// The (c)/(a) target.
-    pub fn target_vs_none(self) -> f64 {
-        match self {
-            Self::Throughput | Self::RequestResponse => 0.97,
-            Self::NewConnections => 0.95,
+    /// The target for (c)/(`base`): against no programs (a), nftables (e) (no worse) and the
+    /// small cluster (b).
+    pub fn target_vs(self, base: char) -> Option<f64> {
+        match (base, self) {
+            ('a', Self::Throughput | Self::RequestResponse) => Some(0.97),
+            ('a', Self::NewConnections) => Some(0.95),
+            ('e', _) => Some(1.0),
+            ('b', _) => Some(0.98),
+            _ => None,
         }
     }
 }
