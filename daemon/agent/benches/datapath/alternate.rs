@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::empty::{self, bpf, bpf_call};
+use crate::report::Target;
 
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -226,7 +227,7 @@ struct Pairing {
 impl Pairing {
     /// The ratio this pairing's target is judged on, with the target: (c) against (a), (b)
     /// and (e).
-    fn target(&self, metric: Metric) -> Option<f64> {
+    fn target(&self, metric: Metric) -> Option<Target> {
         (self.measured == 'c')
             .then(|| metric.target_vs(self.base))
             .flatten()
@@ -506,13 +507,9 @@ impl Bench {
                     self.samples.median(p.measured, metric),
                     self.samples.median(p.base, metric),
                 );
-                let margin = match report::median_interval(&alt.blocks) {
-                    Some((low, _, _)) if low >= target => "; the whole interval meets it",
-                    Some(_) => "; the interval reaches below it",
-                    None => "",
-                };
+                let (ok, judged) = target.judge(estimate, report::median_interval(&alt.blocks));
                 let what = format!(
-                    "{}: ({})/({}) alternated = {}{} (target >= {target:.2}{margin}); on the rounds' medians {}",
+                    "{}: ({})/({}) alternated = {}{} ({judged}); on the rounds' medians {}",
                     metric.short(),
                     p.measured,
                     p.base,
@@ -520,7 +517,6 @@ impl Bench {
                     report::fmt_interval(&alt.blocks),
                     fmt_ratio(rounds)
                 );
-                let ok = estimate >= target;
                 let _ = writeln!(out, "  [{}] {what}", if ok { " ok " } else { "MISS" });
                 self.targets.push((ok, what));
             }

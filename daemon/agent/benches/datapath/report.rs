@@ -158,16 +158,61 @@ impl Metric {
         }
     }
 
-    /// The target for (c)/(`base`): against no programs (a), nftables (e) (no worse) and the
-    /// small cluster (b).
-    pub fn target_vs(self, base: char) -> Option<f64> {
+    /// The target for (c)/(`base`): against no programs (a), the small cluster (b), and no
+    /// worse than nftables (e).
+    pub fn target_vs(self, base: char) -> Option<Target> {
         match (base, self) {
-            ('a', Self::Throughput | Self::RequestResponse) => Some(0.97),
-            ('a', Self::NewConnections) => Some(0.95),
-            ('e', _) => Some(1.0),
-            ('b', _) => Some(0.98),
+            ('a', Self::Throughput | Self::RequestResponse) => Some(Target::AtLeast(0.97)),
+            ('a', Self::NewConnections) => Some(Target::AtLeast(0.95)),
+            ('b', _) => Some(Target::AtLeast(0.98)),
+            ('e', _) => Some(Target::NoWorse),
             _ => None,
         }
+    }
+}
+
+/// A target for a ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// A threshold: the ratio's median is at least this.
+    AtLeast(f64),
+    /// Parity or better: the ratio is not measurably below 1. With an interval for the median,
+    /// only an interval wholly below 1 misses: at true parity, a median falls below 1.000 in
+    /// half the runs. Without one, the median must be at least 1.
+    NoWorse,
+}
+
+impl Target {
+    /// Whether `estimate`, with `interval` (from `median_interval`) if there is one, meets the
+    /// target; and a description of the target and of where the interval stands.
+    pub fn judge(self, estimate: f64, interval: Option<(f64, f64, f64)>) -> (bool, String) {
+        let bound = match self {
+            Self::AtLeast(t) => t,
+            Self::NoWorse => 1.0,
+        };
+        let name = match (self, interval) {
+            (Self::AtLeast(t), _) => format!("target >= {t:.2}"),
+            (Self::NoWorse, Some(_)) => "target: no worse, not measurably below 1.00".to_owned(),
+            (Self::NoWorse, None) => "target: no worse, >= 1.00".to_owned(),
+        };
+        let Some((low, high, _)) = interval else {
+            return (estimate >= bound, name);
+        };
+        let (met, standing) = if low >= bound {
+            (estimate >= bound, "the whole interval meets it")
+        } else if high < bound {
+            (false, "the whole interval is below it")
+        } else if estimate >= bound {
+            (true, "the interval reaches below it")
+        } else if self == Self::NoWorse {
+            (
+                true,
+                "level: below 1.00 at the median, but the interval reaches 1.00",
+            )
+        } else {
+            (false, "the interval reaches above it")
+        };
+        (met, format!("{name}; {standing}"))
     }
 }
 
