@@ -258,27 +258,12 @@ impl Bench {
         let netns = self.lab.node_netns().to_path_buf();
         let mut pairings = Vec::new();
 
-        let mut node = self.loaded(&self.large)?;
-        let mut switch = Switch::new(
-            &netns,
-            Side::Nothing,
-            Side::Programs(Hooks::take(&netns, &ifindexes)?),
-        );
-        let results = self.measure_pair(
-            &mut switch,
-            [Outcome::TimedOut, Outcome::Reached],
-            &Metric::ALL,
-            &mut || {
-                node.drain();
-            },
-        )?;
+        let results = self.against_large(Side::Nothing, [Outcome::TimedOut, Outcome::Reached])?;
         pairings.push(Pairing {
             measured: 'c',
             base: 'a',
             results,
         });
-        drop(switch);
-        drop(node);
 
         if self.args.configs.contains('f') {
             let mut switch = Switch::new(
@@ -300,22 +285,12 @@ impl Bench {
         }
 
         if self.alternates('e') {
-            let mut node = self.loaded(&self.large)?;
             let nftables = Side::Nftables {
                 netns: self.node_netns.clone(),
                 elements: self.args.rules,
             };
-            let flowgate = Side::Programs(Hooks::take(&netns, &ifindexes)?);
-            let mut switch = Switch::new(&netns, nftables, flowgate);
             // Both sides enforce: flowgate, or the nftables set in its place.
-            let results = self.measure_pair(
-                &mut switch,
-                [Outcome::TimedOut, Outcome::TimedOut],
-                &Metric::ALL,
-                &mut || {
-                    node.drain();
-                },
-            )?;
+            let results = self.against_large(nftables, [Outcome::TimedOut, Outcome::TimedOut])?;
             pairings.push(Pairing {
                 measured: 'c',
                 base: 'e',
@@ -355,6 +330,23 @@ impl Bench {
             });
         }
         Ok(self.report_alternations(&pairings))
+    }
+
+    /// (c)'s datapath, on a fresh node, alternated with `base` on every metric; `outcomes` as
+    /// for `measure_pair`.
+    fn against_large(
+        &self,
+        base: Side,
+        outcomes: [Outcome; 2],
+    ) -> Result<Vec<(Metric, Alternation)>> {
+        let netns = self.lab.node_netns().to_path_buf();
+        let ifindexes: Vec<u32> = self.locals().iter().map(|l| l.ifindex).collect();
+        let mut node = self.loaded(&self.large)?;
+        let flowgate = Side::Programs(Hooks::take(&netns, &ifindexes)?);
+        let mut switch = Switch::new(&netns, base, flowgate);
+        self.measure_pair(&mut switch, outcomes, &Metric::ALL, &mut || {
+            node.drain();
+        })
     }
 
     /// A lab node with the datapath loaded and attached, and `cluster` applied.
