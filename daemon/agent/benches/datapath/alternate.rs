@@ -254,8 +254,7 @@ impl Bench {
     /// The alternated measurements: (c) against (a), (e) and (b), and (f) against (a), those
     /// whose configurations run. The report section, and the checks of the ratio targets.
     pub(super) fn alternate(&mut self) -> Result<String> {
-        let ifindexes: Vec<u32> = self.locals().iter().map(|l| l.ifindex).collect();
-        let netns = self.lab.node_netns().to_path_buf();
+        let (netns, ifindexes) = self.pod_hooks();
         let mut pairings = Vec::new();
 
         let results = self.against_large(Side::Nothing, [Outcome::TimedOut, Outcome::Reached])?;
@@ -339,14 +338,19 @@ impl Bench {
         base: Side,
         outcomes: [Outcome; 2],
     ) -> Result<Vec<(Metric, Alternation)>> {
-        let netns = self.lab.node_netns().to_path_buf();
-        let ifindexes: Vec<u32> = self.locals().iter().map(|l| l.ifindex).collect();
+        let (netns, ifindexes) = self.pod_hooks();
         let mut node = self.loaded(&self.large)?;
         let flowgate = Side::Programs(Hooks::take(&netns, &ifindexes)?);
         let mut switch = Switch::new(&netns, base, flowgate);
         self.measure_pair(&mut switch, outcomes, &Metric::ALL, &mut || {
             node.drain();
         })
+    }
+
+    /// The node namespace, and the pods' host interfaces in it.
+    fn pod_hooks(&self) -> (PathBuf, Vec<u32>) {
+        let ifindexes = self.locals().iter().map(|l| l.ifindex).collect();
+        (self.lab.node_netns().to_path_buf(), ifindexes)
     }
 
     /// A lab node with the datapath loaded and attached, and `cluster` applied.
